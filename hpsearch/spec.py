@@ -1,0 +1,519 @@
+"""The spec: pydantic models of the YAML file, and loading it with key-path error messages.
+
+Base layer: no torch, no optuna. Everything that reads a spec file goes through `load_spec`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hpsearch.errors import InputError
+
+DATASET_PREFIXES = ("sklearn:", "synthetic:")
+SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
+SYNTHETIC_KINDS = ("classification", "regression")
+DEFAULT_HIDDEN = [64, 64]
+
+# Metrics a trial can be judged by; each is computed on the dev split every epoch.
+CLASSIFICATION_METRICS = ("loss", "error", "accuracy", "precision", "recall", "f1")
+REGRESSION_METRICS = ("loss", "error", "mse", "mae", "r2")
+MAXIMIZED_METRICS = ("accuracy", "precision", "recall", "f1", "r2")
+ObjectiveMetric = Literal[
+    "dev_loss",
+    "dev_error",
+    "dev_accuracy",
+    "dev_precision",
+    "dev_recall",
+    "dev_f1",
+    "dev_mse",
+    "dev_mae",
+    "dev_r2",
+]
+
+
+class Strict(BaseModel):
+    """Every spec section rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class SplitRatios(Strict):
+    train: float = Field(gt=0, lt=1)
+    dev: float = Field(gt=0, lt=1)
+    test: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitRatios:
+        total = self.train + self.dev + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + dev + test must sum to 1 (got {total:g})")
+        return self
+
+
+class SyntheticOptions(Strict):
+    """Size of a `synthetic:` data set (scikit-learn's make_classification / make_regression)."""
+
+    samples: PositiveInt = 1000
+    features: PositiveInt = 20
+    informative: PositiveInt = 10
+    classes: int = Field(2, ge=2)
+    noise: NonNegativeFloat = 0.0  # label noise fraction (classification) or target noise std
+
+    @model_validator(mode="after")
+    def _informative_fits(self) -> SyntheticOptions:
+        if self.informative > self.features:
+            raise ValueError("informative must be <= features")
+        return self
+
+
+class ColumnWeights(Strict):
+    column: str
+
+
+class GroupWeights(Strict):
+    group: dict[str, PositiveFloat]
+
+
+class DataSpec(Strict):
+    source: str
+    target: str | None = None
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    drop: list[str] = []
+    impute: Literal["mean", "median", "most_frequent"] | None = None
+    normalize: Literal["none", "standard", "minmax"] = "standard"
+    split: Literal["auto"] | SplitRatios = "auto"
+    group: str | None = None
+    weights: Literal["balanced"] | ColumnWeights | GroupWeights | None = None
+    synthetic: SyntheticOptions = SyntheticOptions()
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if value.startswith("sklearn:"):
+            name = value.removeprefix("sklearn:")
+            if name not in SKLEARN_DATASETS:
+                raise ValueError(f"unknown bundled data set '{name}'; allowed: {_alts(SKLEARN_DATASETS)}")
+        elif value.startswith("synthetic:"):
+            kind = value.removeprefix("synthetic:")
+            if kind not in SYNTHETIC_KINDS:
+                raise ValueError(f"unknown synthetic kind '{kind}'; allowed: {_alts(SYNTHETIC_KINDS)}")
+        elif Path(value).suffix.lower() not in (".csv", ".parquet", ".npz"):
+            raise ValueError(
+                "must be sklearn:<name>, synthetic:classification|regression "
+                "or a .csv, .parquet or .npz file"
+            )
+        return value
+
+    @property
+    def is_file(self) -> bool:
+        return not self.source.startswith(DATASET_PREFIXES)
+
+
+# --- model and training -----------------------------------------------------------------------
+
+
+class ModelSpec(Strict):
+    hidden: list[PositiveInt] | None = None
+    layers: int | None = Field(None, ge=0)
+    units: PositiveInt | None = None
+    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu"] = "relu"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init: Literal[
+        "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"
+    ] = "xavier_uniform"
+    norm: Literal["none", "batch", "layer"] = "none"
+    residual: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_to_size(self) -> ModelSpec:
+        if self.hidden is not None and (self.layers is not None or self.units is not None):
+            raise ValueError("give either hidden: [..] or layers + units, not both")
+        if (self.layers is None) != (self.units is None):
+            raise ValueError("layers and units go together")
+        return self
+
+    @property
+    def widths(self) -> list[int]:
+        """Hidden layer widths, whichever way the spec gave them."""
+        if self.hidden is not None:
+            return list(self.hidden)
+        if self.layers is not None and self.units is not None:
+            return [self.units] * self.layers
+        return list(DEFAULT_HIDDEN)
+
+
+class EarlyStopping(Strict):
+    patience: PositiveInt = 10
+    min_delta: NonNegativeFloat = 0.0
+
+
+class TrainSpec(Strict):
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "l2", "l1", "huber"] = "auto"
+    optimizer: Literal["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"] = "adam"
+    lr: PositiveFloat = 1e-3
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 100
+    l1: NonNegativeFloat = 0.0
+    l2: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = None
+    lr_schedule: Literal["none", "step", "cosine", "exponential"] = "none"
+    early_stopping: EarlyStopping | None = EarlyStopping()
+
+
+class ObjectiveSpec(Strict):
+    metric: ObjectiveMetric = "dev_error"
+    direction: Literal["minimize", "maximize"] | None = None
+
+    @property
+    def resolved_direction(self) -> str:
+        if self.direction:
+            return self.direction
+        return "maximize" if self.metric.removeprefix("dev_") in MAXIMIZED_METRICS else "minimize"
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+class ParamSpec(Strict):
+    """One search-space entry: a range (low/high), a choice list, or explicit grid values."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: PositiveFloat | None = None
+    steps: int | None = Field(None, ge=2)
+    values: list[Any] | None = Field(None, min_length=1)
+    choices: list[Any] | None = Field(None, min_length=1)
+    when: dict[str, list[Any]] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamSpec:
+        is_range = self.low is not None or self.high is not None
+        kinds = [is_range, self.choices is not None, self.values is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of low + high, choices: [..] or values: [..]")
+        if is_range:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both low and high")
+            if not self.low < self.high:
+                raise ValueError(f"low must be below high (got low={self.low:g}, high={self.high:g})")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log range needs low > 0 (got low={self.low:g})")
+        elif self.log or self.step is not None or self.steps is not None:
+            raise ValueError("log, step and steps apply only to low/high ranges")
+        return self
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+
+class Refine(Strict):
+    rounds: PositiveInt = 2
+    keep: float = Field(0.25, gt=0, lt=1)
+
+
+class PandaOptions(Strict):
+    rescue: bool = False
+    interactive: bool = False
+
+
+class SearchSpec(Strict):
+    strategy: Literal["grid", "random", "evolution", "tpe"] = "random"
+    mode: Literal["caviar", "panda"] = "caviar"
+    workers: Literal["auto"] | PositiveInt = "auto"
+    trials: PositiveInt | None = None  # None: 40, or every point for grid
+    timeout: str | None = None
+    refine: Refine | None = None
+    population: int = Field(16, ge=2)
+    pruner: Literal["none", "median", "asha"] = "none"
+    stack: Literal["auto", "off"] | PositiveInt = "auto"
+    panda: PandaOptions = PandaOptions()
+    space: dict[str, ParamSpec] = {}
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+# --- the whole spec ---------------------------------------------------------------------------
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    human_level_error: float | None = Field(None, ge=0, le=1)
+    bayes_error: float | None = Field(None, ge=0, le=1)
+    search: SearchSpec | None = None
+    storage: str | None = None
+
+    @model_validator(mode="after")
+    def _bayes_below_human(self) -> Spec:
+        if (
+            self.bayes_error is not None
+            and self.human_level_error is not None
+            and self.bayes_error > self.human_level_error
+        ):
+            raise ValueError("bayes_error cannot exceed human_level_error")
+        return self
+
+
+# --- durations --------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in '90', '90s', '30m', '2h', '1h30m'."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match or not any(match.groups()):
+            raise ValueError(f"'{text}' is not a duration; use e.g. 90s, 30m, 2h or 1h30m")
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive (got {text})")
+    return seconds
+
+
+# --- YAML loading with line numbers -----------------------------------------------------------
+
+
+class SpecLoader(yaml.SafeLoader):
+    """Safe YAML loader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    key: list(value) for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+Path_ = tuple[Union[str, int], ...]
+
+
+def _key_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> None:
+    """Record the line of every key path, and reject duplicate keys (safe_load keeps the last)."""
+    if isinstance(node, yaml.MappingNode):
+        first_seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            if key in first_seen:
+                raise InputError(
+                    f"duplicate key '{format_path((*path, key))}' (first given on line "
+                    f"{first_seen[key]}); give each key once",
+                    source=source,
+                    line=line,
+                )
+            first_seen[key] = line
+            lines[(*path, key)] = line
+            _key_lines(value_node, (*path, key), lines, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[(*path, index)] = item.start_mark.line + 1
+            _key_lines(item, (*path, index), lines, source)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """Parse YAML safely, returning the document and a map of key path -> line number."""
+    loader = SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Path_, int] = {}
+        if node is None:
+            return None, lines
+        _key_lines(node, (), lines, source)
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        if "constructor for the tag" in problem:
+            problem = f"tags like {exc.problem.split()[-1] if exc.problem else ''} are not allowed"
+        raise InputError(
+            f"YAML error: {problem}", source=source, line=mark.line + 1 if mark else None
+        ) from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"YAML error: {exc}", source=source) from None
+    finally:
+        loader.dispose()
+
+
+def format_path(loc: Path_) -> str:
+    """('search', 'space', 'train.lr', 'low') -> search.space[train.lr].low"""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "." in part:
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _model_at(loc: Path_) -> type[BaseModel] | None:
+    """The pydantic model class that validates the mapping at `loc`, following annotations."""
+    model: Any = Spec
+    for part in loc:
+        annotation = _field_annotation(model, part)
+        if annotation is None:
+            return None
+        model = annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _field_annotation(model: Any, part: str | int) -> Any:
+    """Follow one step of a key path through a model field, a dict value or a list item."""
+    candidates = _unwrap(model)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if isinstance(part, str) and part in candidate.model_fields:
+                return candidate.model_fields[part].annotation
+        origin = typing.get_origin(candidate)
+        if origin is dict and isinstance(part, str):
+            return typing.get_args(candidate)[1]
+        if origin is list and isinstance(part, int):
+            return typing.get_args(candidate)[0]
+    return None
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    origin = typing.get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return [a for arg in typing.get_args(annotation) for a in _unwrap(arg)]
+    return [annotation]
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Path_:
+    """Drop pydantic's union-branch labels (e.g. 'literal['auto']', 'SplitRatios') from a loc."""
+    cleaned: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str) and (
+            "[" in part or (part[:1].isupper() and _field_annotation(Spec, part) is None)
+        ):
+            continue
+        cleaned.append(part)
+    return tuple(cleaned)
+
+
+def _alts(options: typing.Iterable[Any]) -> str:
+    return ", ".join(str(o) for o in options)
+
+
+def _describe(error: dict[str, Any], loc: Path_) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = loc[-1]
+        parent = _model_at(loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        known = f" (allowed: {_alts(allowed)})" if allowed else ""
+        return f"unknown key '{key}'{hint}{known}"
+    if kind == "missing":
+        return "is required"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) and "(got" not in message:
+        message += f" (got {value!r})"
+    return message
+
+
+def describe_validation_error(
+    exc: ValidationError, source: str, lines: dict[Path_, int]
+) -> InputError:
+    """One readable message from a pydantic error: key path, YAML line, what is allowed."""
+    seen: set[str] = set()
+    messages: list[tuple[int | None, str]] = []
+    errors = exc.errors()
+    # A value that fails every branch of a union (e.g. split: 'auto' | {train, dev, test}) also
+    # reports "should be 'auto'"; keep only the more specific branch's complaint.
+    specific = {_clean_loc(e["loc"]) for e in errors if e["type"] != "literal_error"}
+    for error in errors:
+        loc = _clean_loc(error["loc"])
+        if error["type"] == "literal_error" and loc in specific and len(error["loc"]) > len(loc):
+            continue
+        text = f"{format_path(loc)}: {_describe(error, loc)}"
+        if text in seen:
+            continue
+        seen.add(text)
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        messages.append((line, text))
+    messages.sort(key=lambda item: item[0] or 0)
+    first_line = messages[0][0] if messages else None
+    body = "\n  ".join(f"line {ln}: {text}" if ln else text for ln, text in messages)
+    if len(messages) == 1:
+        return InputError(messages[0][1], source=source, line=first_line)
+    return InputError(f"invalid spec ({len(messages)} problems):\n  {body}", source=source)
+
+
+def spec_from_dict(raw: Any, source: str = "spec", lines: dict[Path_, int] | None = None) -> Spec:
+    if not isinstance(raw, dict):
+        raise InputError("the spec must be a YAML mapping (key: value lines)", source=source)
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise describe_validation_error(exc, source, lines or {}) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read, parse and validate a spec file. Data file paths become absolute (relative to it)."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("spec file not found", source=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read spec file: {exc}", source=source) from None
+    if "\x00" in text:
+        raise InputError("spec file contains NUL bytes", source=source)
+    raw, lines = parse_yaml(text, source)
+    if raw is None:
+        raise InputError("the spec file is empty", source=source)
+    if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        data_source = raw["data"].get("source")
+        if isinstance(data_source, str) and not data_source.startswith(DATASET_PREFIXES):
+            raw["data"]["source"] = str((path.parent / data_source).resolve())
+    return spec_from_dict(raw, source, lines)
+
+
+def spec_to_yaml(spec: Spec) -> str:
+    """The resolved spec as YAML (every default filled in), as written to a run folder."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
