@@ -113,11 +113,15 @@ class DataSpec(Strict):
         if value.startswith("sklearn:"):
             name = value.removeprefix("sklearn:")
             if name not in SKLEARN_DATASETS:
-                raise ValueError(f"unknown bundled data set '{name}'; allowed: {_alts(SKLEARN_DATASETS)}")
+                raise ValueError(
+                    f"unknown bundled data set '{name}'; allowed: {_alts(SKLEARN_DATASETS)}"
+                )
         elif value.startswith("synthetic:"):
             kind = value.removeprefix("synthetic:")
             if kind not in SYNTHETIC_KINDS:
-                raise ValueError(f"unknown synthetic kind '{kind}'; allowed: {_alts(SYNTHETIC_KINDS)}")
+                raise ValueError(
+                    f"unknown synthetic kind '{kind}'; allowed: {_alts(SYNTHETIC_KINDS)}"
+                )
         elif Path(value).suffix.lower() not in (".csv", ".parquet", ".npz"):
             raise ValueError(
                 "must be sklearn:<name>, synthetic:classification|regression "
@@ -140,7 +144,12 @@ class ModelSpec(Strict):
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
     init: Literal[
-        "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "default"
+        "xavier_uniform",
+        "xavier_normal",
+        "kaiming_uniform",
+        "kaiming_normal",
+        "orthogonal",
+        "default",
     ] = "xavier_uniform"
     norm: Literal["none", "batch", "layer"] = "none"
     residual: bool = False
@@ -218,7 +227,9 @@ class ParamSpec(Strict):
             if self.low is None or self.high is None:
                 raise ValueError("a range needs both low and high")
             if not self.low < self.high:
-                raise ValueError(f"low must be below high (got low={self.low:g}, high={self.high:g})")
+                raise ValueError(
+                    f"low must be below high (got low={self.low:g}, high={self.high:g})"
+                )
             if self.log and self.low <= 0:
                 raise ValueError(f"a log range needs low > 0 (got low={self.low:g})")
         elif self.log or self.step is not None or self.steps is not None:
@@ -290,7 +301,9 @@ class Spec(Strict):
 
 # --- durations --------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$"
+)
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -324,7 +337,7 @@ SpecLoader.add_implicit_resolver(
     list("-+0123456789"),
 )
 
-Path_ = tuple[Union[str, int], ...]
+Path_ = tuple[str | int, ...]
 
 
 def _key_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> None:
@@ -378,9 +391,7 @@ def format_path(loc: Path_) -> str:
     """('search', 'space', 'train.lr', 'low') -> search.space[train.lr].low"""
     out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "." in part:
+        if isinstance(part, int) or "." in part:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else part
@@ -402,9 +413,9 @@ def _field_annotation(model: Any, part: str | int) -> Any:
     """Follow one step of a key path through a model field, a dict value or a list item."""
     candidates = _unwrap(model)
     for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            if isinstance(part, str) and part in candidate.model_fields:
-                return candidate.model_fields[part].annotation
+        is_model = isinstance(candidate, type) and issubclass(candidate, BaseModel)
+        if is_model and isinstance(part, str) and part in candidate.model_fields:
+            return candidate.model_fields[part].annotation
         origin = typing.get_origin(candidate)
         if origin is dict and isinstance(part, str):
             return typing.get_args(candidate)[1]
@@ -414,10 +425,23 @@ def _field_annotation(model: Any, part: str | int) -> Any:
 
 
 def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of a union, with Annotated[...] constraints stripped."""
     origin = typing.get_origin(annotation)
     if origin is Union or origin is types.UnionType:
         return [a for arg in typing.get_args(annotation) for a in _unwrap(arg)]
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
     return [annotation]
+
+
+def field_types(path: str) -> list[Any] | None:
+    """The types a dotted spec path (e.g. 'train.lr') accepts, or None when no such field."""
+    annotation: Any = Spec
+    for part in path.split("."):
+        annotation = _field_annotation(annotation, part)
+        if annotation is None:
+            return None
+    return _unwrap(annotation)
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> Path_:

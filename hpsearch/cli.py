@@ -1,0 +1,189 @@
+"""Thin typer commands: parse arguments, call one function, map errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hpsearch.errors import InputError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Hyperparameter search for PyTorch MLPs that explains its result.",
+)
+
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return typer.Exit(code)
+
+
+def user_errors(command):
+    """Bad input becomes one line on stderr and exit code 2; Ctrl-C becomes 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            raise _fail(str(exc), EXIT_INPUT) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+SpecArg = Annotated[Path, typer.Argument(help="The spec YAML file.", show_default=False)]
+
+
+@app.command()
+@user_errors
+def run(
+    spec: SpecArg,
+    trials: Annotated[
+        int | None, typer.Option(help="Trial budget (overrides search.trials).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Caviar worker processes.")] = None,
+    mode: Annotated[str | None, typer.Option(help="caviar or panda.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="grid, random, evolution or tpe.")] = None,
+    timeout: Annotated[
+        str | None, typer.Option(help="Stop starting trials after e.g. 30m.")
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Parent folder of run folders.")
+    ] = Path("runs"),
+    resume: Annotated[
+        str | None, typer.Option(help="Continue a stopped run: its folder, or 'latest'.")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the JSON summary on stdout.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Run a search (or train one model when the spec has no search section)."""
+    from hpsearch.engine import Interrupted, RunOptions, run_spec
+    from hpsearch.progress import make_progress
+
+    options = RunOptions(
+        runs_dir=runs_dir,
+        trials=trials,
+        workers=workers,
+        mode=mode,
+        strategy=strategy,
+        timeout=timeout,
+        resume=resume,
+    )
+    try:
+        result = run_spec(spec, options, make_progress(quiet))
+    except Interrupted as stop:
+        print(f"interrupted: finished trials are kept in {stop.run.root}", file=sys.stderr)
+        print(f"resume with: hpsearch run {spec} --resume {stop.run.root}", file=sys.stderr)
+        if json_output:
+            print(json.dumps(stop.summary, indent=2))
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_outcome(result.summary)
+    if json_output:
+        print(json.dumps(result.summary, indent=2))
+    if result.summary["best"] is None:
+        raise typer.Exit(EXIT_GATE)
+
+
+def _print_outcome(summary: dict[str, Any]) -> None:
+    best = summary["best"]
+    print(f"run folder: {summary['run']}", file=sys.stderr)
+    if best is None:
+        print("no trial completed", file=sys.stderr)
+        return
+    metrics = best["metrics"]
+    shown = "  ".join(
+        f"{key} {metrics[key]:.4f}"
+        for key in ("train_error", "dev_error", "test_error", "dev_accuracy")
+        if key in metrics
+    )
+    print(f"best trial {best['trial']}: {shown}", file=sys.stderr, flush=True)
+
+
+@app.command()
+@user_errors
+def validate(spec: SpecArg) -> None:
+    """Check a spec (and its data) without running anything."""
+    from hpsearch.engine import prepare
+    from hpsearch.spec import load_spec
+
+    loaded = load_spec(spec)
+    data = prepare(loaded)
+    print(
+        f"{spec}: valid — {data.task} task, {data.n_features} features, "
+        f"split {len(data.splits['train'])}/{len(data.splits['dev'])}/{len(data.splits['test'])}"
+    )
+
+
+@app.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (for editor completion and validation)."""
+    from hpsearch.spec import Spec
+
+    print(json.dumps(Spec.model_json_schema(), indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+def _error_rate(name: str, text: str | None) -> float | None:
+    from hpsearch.diagnosis import parse_error_rate
+
+    if text is None:
+        return None
+    try:
+        return parse_error_rate(text)
+    except ValueError as exc:
+        raise InputError(f"{name}: {exc}") from None
+
+
+ErrorOpt = Annotated[str | None, typer.Option(help="Fraction (0.035) or percent (3.5%).")]
+
+
+@app.command()
+@user_errors
+def diagnose(
+    train_error: Annotated[str, typer.Option(help="Train error: 0.035 or 3.5%.")],
+    dev_error: Annotated[str, typer.Option(help="Dev error: 0.035 or 3.5%.")],
+    human_error: ErrorOpt = None,
+    bayes_error: ErrorOpt = None,
+    test_error: ErrorOpt = None,
+    tolerance: Annotated[
+        str, typer.Option(help="A component above this is high (default one point).")
+    ] = "0.01",
+    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Bias / variance analysis for train, dev (and test) errors from anywhere."""
+    from hpsearch.diagnosis import diagnose as run_diagnosis
+    from hpsearch.diagnosis import summary_lines
+
+    if output_format not in ("table", "json"):
+        raise InputError(f"--format: '{output_format}' is not one of table, json")
+    try:
+        result = run_diagnosis(
+            _error_rate("--train-error", train_error),
+            _error_rate("--dev-error", dev_error),
+            test_error=_error_rate("--test-error", test_error),
+            human_level_error=_error_rate("--human-error", human_error),
+            bayes_error=_error_rate("--bayes-error", bayes_error),
+            tolerance=_error_rate("--tolerance", tolerance),
+        )
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if output_format == "json":
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print("\n".join(summary_lines(result)))

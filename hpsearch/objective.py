@@ -1,0 +1,106 @@
+"""One trial: apply sampled params to the spec, build, train, and write `trials/<n>/`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from hpsearch.data import Dataset
+from hpsearch.errors import InputError
+from hpsearch.model import build_mlp
+from hpsearch.runs import RunFolder, append_jsonl, write_json
+from hpsearch.space import apply_params
+from hpsearch.spec import Spec
+from hpsearch.train import EpochCallback, resolve_device, score_test_split, train_model
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # complete | pruned | failed
+    reason: str | None
+    params: dict[str, Any]
+    seed: int
+    value: float | None = None  # the objective metric of the final model
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    epochs_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trial_seed(spec_seed: int, number: int) -> int:
+    """A trial's torch seed, derived from the spec's seed and the trial number."""
+    return int(np.random.SeedSequence([spec_seed, number]).generate_state(1)[0])
+
+
+def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
+    value = metrics.get(spec.objective.metric)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def run_trial(
+    spec: Spec,
+    data: Dataset,
+    run: RunFolder,
+    number: int,
+    params: dict[str, Any],
+    on_epoch: EpochCallback | None = None,
+    device: torch.device | None = None,
+) -> TrialOutcome:
+    """Train trial `number` with `params` applied, writing params, per-epoch metrics and result."""
+    started = time.perf_counter()
+    folder = run.trial(number)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    seed = trial_seed(spec.seed, number)
+    write_json(folder.params, {"number": number, "seed": seed, "params": params})
+    folder.metrics.write_text("", encoding="utf-8")
+    outcome = TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
+
+    def log_epoch(record: dict[str, Any]) -> bool:
+        append_jsonl(folder.metrics, record)
+        return on_epoch(record) if on_epoch is not None else False
+
+    try:
+        trial_spec = apply_params(spec, params)
+        result = train_model(trial_spec, data, seed, on_epoch=log_epoch, device=device)
+    except InputError:
+        raise
+    except torch.cuda.OutOfMemoryError:
+        outcome.reason = "oom"
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as exc:  # a trial's own failure must not end the search
+        outcome.reason = f"error: {type(exc).__name__}: {exc}"
+    else:
+        outcome.state, outcome.reason = result.state, result.reason
+        outcome.metrics = result.metrics
+        outcome.best_epoch = result.best_epoch
+        outcome.epochs_run = result.epochs_run
+        outcome.stopped_early = result.stopped_early
+        outcome.value = objective_value(spec, result.metrics)
+        if result.state != "failed":
+            torch.save(result.model.state_dict(), folder.model)
+    outcome.seconds = time.perf_counter() - started
+    write_json(folder.result, outcome.to_json())
+    return outcome
+
+
+def score_saved_trial(spec: Spec, data: Dataset, run: RunFolder, outcome: TrialOutcome) -> dict:
+    """Load a finished trial's weights (weights_only) and score them on the test split."""
+    if len(data.splits["test"]) == 0:
+        return {}
+    trial_spec = apply_params(spec, outcome.params)
+    device = resolve_device(spec.device)
+    model = build_mlp(trial_spec.model, data.n_features, data.n_outputs).to(device)
+    state = torch.load(run.trial(outcome.number).model, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return score_test_split(model, trial_spec, data, device)

@@ -1,0 +1,169 @@
+"""Live progress on stderr: a rich bar on a terminal, plain flushed lines otherwise (CI logs)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hpsearch.objective import TrialOutcome
+
+
+@dataclass
+class SearchStatus:
+    """Where a search stands after a trial finished."""
+
+    done: int
+    total: int | None
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    metric: str
+    elapsed: float
+
+    @property
+    def eta(self) -> float | None:
+        if not self.total or not self.done or self.done >= self.total:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
+
+    def text(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n)
+        parts = [f"[{self.done}/{self.total or '?'}] {counts}"]
+        if self.best_value is not None:
+            parts.append(f"best {self.metric} {self.best_value:.4g} (trial {self.best_trial})")
+        parts.append(f"elapsed {_clock(self.elapsed)}")
+        if self.eta is not None:
+            parts.append(f"eta {_clock(self.eta)}")
+        return "  ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class ProgressSink(Protocol):
+    def trial_started(self, number: int, params: dict[str, Any], epochs: int) -> None: ...
+    def epoch(self, number: int, record: dict[str, Any]) -> None: ...
+    def trial_finished(self, outcome: TrialOutcome, status: SearchStatus | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
+def _metric_text(record: dict[str, Any]) -> str:
+    keys = ("train_loss", "dev_loss", "dev_error")
+    return "  ".join(f"{k} {record[k]:.4g}" for k in keys if k in record)
+
+
+def outcome_text(outcome: TrialOutcome) -> str:
+    if outcome.state == "failed":
+        return f"trial {outcome.number} failed: {outcome.reason}"
+    metrics = outcome.metrics
+    parts = [f"trial {outcome.number} {outcome.state}"]
+    for key in ("train_error", "dev_error"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4f}")
+    if "train_error" in metrics and "dev_error" in metrics:
+        parts.append(f"variance {metrics['dev_error'] - metrics['train_error']:+.4f}")
+    parts.append(f"best epoch {outcome.best_epoch}/{outcome.epochs_run}")
+    if outcome.params:
+        parts.append(", ".join(f"{k}={_short(v)}" for k, v in outcome.params.items()))
+    return "  ".join(parts)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class PlainProgress:
+    """One line every tenth of a trial's epochs, flushed at once so CI logs stay live."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.epochs = 1
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def trial_started(self, number: int, params: dict[str, Any], epochs: int) -> None:
+        self.epochs = epochs
+        shown = ", ".join(f"{k}={v}" for k, v in params.items())
+        self._say(f"trial {number} started" + (f": {shown}" if shown else ""))
+
+    def epoch(self, number: int, record: dict[str, Any]) -> None:
+        step = max(1, self.epochs // 10)
+        if record["epoch"] % step == 0 or record["epoch"] == 1:
+            self._say(
+                f"trial {number} epoch {record['epoch']}/{self.epochs}  {_metric_text(record)}"
+            )
+
+    def trial_finished(self, outcome: TrialOutcome, status: SearchStatus | None = None) -> None:
+        self._say(outcome_text(outcome))
+        if status is not None:
+            self._say(status.text())
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """A per-epoch bar for the current trial, with its latest losses."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]trial {task.fields[trial]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs  {task.fields[metrics]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.bar.start()
+        self.task = None
+        self.search_task = None
+
+    def trial_started(self, number: int, params: dict[str, Any], epochs: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task("", total=epochs, trial=number, metrics="")
+
+    def epoch(self, number: int, record: dict[str, Any]) -> None:
+        self.bar.update(self.task, completed=record["epoch"], metrics=_metric_text(record))
+
+    def trial_finished(self, outcome: TrialOutcome, status: SearchStatus | None = None) -> None:
+        self.console.print(outcome_text(outcome))
+        if status is not None:
+            if self.search_task is None:
+                self.search_task = self.bar.add_task(
+                    "", total=status.total, trial="search", metrics=""
+                )
+            self.bar.update(self.search_task, completed=status.done, metrics=status.text())
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+class SilentProgress:
+    def trial_started(self, number: int, params: dict[str, Any], epochs: int) -> None:
+        pass
+
+    def epoch(self, number: int, record: dict[str, Any]) -> None:
+        pass
+
+    def trial_finished(self, outcome: TrialOutcome, status: SearchStatus | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_progress(quiet: bool = False) -> ProgressSink:
+    if quiet:
+        return SilentProgress()
+    return RichProgress() if sys.stderr.isatty() else PlainProgress()

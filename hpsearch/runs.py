@@ -1,0 +1,163 @@
+"""The run folder: the only module that knows its layout (see DESIGN.md, "Run folder")."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import InputError
+
+DEFAULT_RUNS_DIR = Path("runs")
+_STAMP = "%Y%m%d-%H%M%S"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder. Reading a property never creates anything."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env.json"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def study_log(self) -> Path:
+        return self.root / "study.log"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.root / "trials"
+
+    def trial(self, number: int) -> TrialFolder:
+        return TrialFolder(self.trials_dir / str(number))
+
+    def trial_numbers(self) -> list[int]:
+        if not self.trials_dir.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.trials_dir.iterdir() if p.name.isdigit())
+
+
+@dataclass(frozen=True)
+class TrialFolder:
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.pt"
+
+
+def create_run(runs_dir: Path, name: str, now: datetime | None = None) -> RunFolder:
+    """Make a new, empty run folder `<runs_dir>/<name>-<YYYYmmdd-HHMMSS>` (suffixed if taken)."""
+    stamp = (now or datetime.now()).strftime(_STAMP)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the runs directory: {exc.strerror}", source=str(runs_dir)
+        ) from None
+    for attempt in range(1, 1000):
+        suffix = "" if attempt == 1 else f"-{attempt}"
+        root = runs_dir / f"{name}-{stamp}{suffix}"
+        try:
+            root.mkdir()
+        except FileExistsError:
+            continue
+        return RunFolder(root)
+    raise InputError("too many runs with the same name and time", source=str(runs_dir))
+
+
+def list_runs(runs_dir: Path) -> list[RunFolder]:
+    """Run folders under `runs_dir`, oldest first (by the time stamp in their names)."""
+    if not runs_dir.is_dir():
+        return []
+    folders = [
+        RunFolder(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "spec.yaml").exists()
+    ]
+    return sorted(folders, key=lambda f: (f.spec.stat().st_mtime, f.name))
+
+
+def latest_run(runs_dir: Path) -> RunFolder | None:
+    runs = list_runs(runs_dir)
+    return runs[-1] if runs else None
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically: readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, default=_json_default)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, default=_json_default) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and paths appear in params and metrics
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

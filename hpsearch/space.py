@@ -1,0 +1,235 @@
+"""The search space: dotted paths into the spec -> Optuna distributions, and applying values.
+
+A log range is sampled as 10**r with r uniform between log10(low) and log10(high) (Optuna's
+`log=True` draws uniformly in log space). Choices may be any YAML value; lists (e.g. hidden
+widths) travel through Optuna as their JSON text, since its categorical values must be scalars.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from pydantic import ValidationError
+
+from hpsearch.errors import InputError
+from hpsearch.spec import ParamSpec, Spec, describe_validation_error, field_types
+
+# Sizing a model by `hidden` or by `layers` + `units` are exclusive; setting one clears the other.
+_EXCLUSIVE = {
+    "model.hidden": ("layers", "units"),
+    "model.layers": ("hidden",),
+    "model.units": ("hidden",),
+}
+# Paths a search must not change: they define the data and the run, not a trial.
+_FIXED_SECTIONS = ("name", "seed", "device", "data", "objective", "search", "storage")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One validated search-space entry."""
+
+    path: str
+    spec: ParamSpec
+    kind: str  # float | int | categorical
+
+    @property
+    def is_range(self) -> bool:
+        return self.kind in ("float", "int") and self.spec.values is None
+
+    @property
+    def options(self) -> list[Any]:
+        """Choices or explicit values, as given."""
+        return list(self.spec.choices if self.spec.choices is not None else self.spec.values or [])
+
+    def distribution(self) -> BaseDistribution:
+        s = self.spec
+        if not self.is_range:
+            return CategoricalDistribution([encode(v) for v in self.options])
+        if self.kind == "int":
+            return IntDistribution(int(s.low), int(s.high), log=s.log, step=int(s.step or 1))
+        return FloatDistribution(s.low, s.high, log=s.log, step=s.step)
+
+    def decode(self, value: Any) -> Any:
+        return decode(value) if not self.is_range else value
+
+    def grid_values(self) -> list[Any]:
+        """The points a grid visits: values/choices, or `steps` points (log-spaced for log)."""
+        s = self.spec
+        if not self.is_range:
+            return self.options
+        if s.steps is None:
+            raise InputError(
+                f"search.space[{self.path}]: a grid needs `steps: N` or `values: [...]` for a range"
+            )
+        if s.log:
+            points = np.geomspace(s.low, s.high, s.steps)
+        else:
+            points = np.linspace(s.low, s.high, s.steps)
+        if self.kind == "int":
+            return sorted({int(round(p)) for p in points})
+        return [float(p) for p in points]
+
+
+def encode(value: Any) -> Any:
+    """Optuna categorical values must be scalars: lists and dicts travel as JSON text."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def _kind(path: str, param: ParamSpec) -> str:
+    types = field_types(path)
+    where = f"search.space[{path}]"
+    if types is None or path.split(".")[0] in _FIXED_SECTIONS:
+        raise InputError(
+            f"{where}: '{path}' is not a searchable spec field (e.g. train.lr, model.hidden)"
+        )
+    numeric = [t for t in types if t in (int, float)]
+    if param.is_range:
+        if not numeric:
+            raise InputError(
+                f"{where}: {path} is not numeric; give choices: [...] instead of low/high"
+            )
+        if float in numeric:
+            return "float"
+        if not (float(param.low).is_integer() and float(param.high).is_integer()):
+            raise InputError(f"{where}: {path} takes whole numbers; low and high must be integers")
+        return "int"
+    return "float" if param.values is not None and float in numeric else "categorical"
+
+
+def parse_space(spec: Spec) -> list[Param]:
+    """Validate the spec's search space: paths exist, types fit, conditions name real params.
+
+    Every choice is applied to the spec once, so a value the field refuses is reported now,
+    not in the middle of a search.
+    """
+    if spec.search is None:
+        return []
+    params: list[Param] = []
+    for path, param_spec in spec.search.space.items():
+        param = Param(path, param_spec, _kind(path, param_spec))
+        for value in param.options:
+            _check_value(spec, path, value)
+        for condition in param_spec.when or {}:
+            if condition == path or field_types(condition) is None:
+                raise InputError(
+                    f"search.space[{path}].when: '{condition}' is not a spec field "
+                    "or another parameter"
+                )
+        params.append(param)
+    if spec.search.strategy == "grid":
+        for param in params:
+            param.grid_values()
+    return params
+
+
+def _check_value(spec: Spec, path: str, value: Any) -> None:
+    try:
+        apply_params(spec, {path: value})
+    except InputError as exc:
+        raise InputError(f"search.space[{path}]: choice {value!r} is not valid: {exc}") from None
+
+
+def condition_holds(param: Param, values: dict[str, Any], spec: Spec) -> bool:
+    """A `when` condition looks at the value sampled in this trial, else the spec's own value."""
+    for path, allowed in (param.spec.when or {}).items():
+        current = values[path] if path in values else get_dotted(spec, path)
+        if current not in allowed:
+            return False
+    return True
+
+
+def get_dotted(spec: Spec, path: str) -> Any:
+    node: Any = spec
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def suggest(trial: Any, params: list[Param], spec: Spec) -> dict[str, Any]:
+    """Ask an Optuna trial for one value per active parameter (conditions checked in order)."""
+    values: dict[str, Any] = {}
+    for param in params:
+        if not condition_holds(param, values, spec):
+            continue
+        dist = param.distribution()
+        if isinstance(dist, CategoricalDistribution):
+            raw = trial.suggest_categorical(param.path, dist.choices)
+        elif isinstance(dist, IntDistribution):
+            raw = trial.suggest_int(param.path, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            raw = trial.suggest_float(param.path, dist.low, dist.high, step=dist.step, log=dist.log)
+        values[param.path] = param.decode(raw)
+    return values
+
+
+def grid_points(params: list[Param], spec: Spec) -> list[dict[str, Any]]:
+    """Every combination of grid values; inactive conditional params dropped, duplicates merged."""
+    points: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(p.grid_values() for p in params)):
+        point: dict[str, Any] = {}
+        for param, value in zip(params, combo, strict=True):
+            if condition_holds(param, point, spec):
+                point[param.path] = value
+        key = json.dumps(point, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points
+
+
+def to_optuna_params(params: list[Param], point: dict[str, Any]) -> dict[str, Any]:
+    """A point as Optuna stores it (lists encoded), for enqueue_trial."""
+    by_path = {p.path: p for p in params}
+    return {k: (encode(v) if not by_path[k].is_range else v) for k, v in point.items()}
+
+
+def in_range(param: Param, value: Any) -> bool:
+    if not param.is_range:
+        return value in param.options
+    return param.spec.low - 1e-12 <= value <= param.spec.high + 1e-12 and math.isfinite(value)
+
+
+def set_dotted(tree: dict[str, Any], path: str, value: Any) -> None:
+    """Set tree['a']['b'] for path 'a.b', creating missing sections."""
+    *parents, leaf = path.split(".")
+    node = tree
+    for key in parents:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[leaf] = value
+
+
+def apply_params(spec: Spec, params: dict[str, Any]) -> Spec:
+    """A copy of `spec` with each dotted path in `params` overridden, validated again."""
+    if not params:
+        return spec
+    tree = copy.deepcopy(spec.model_dump(mode="json", exclude={"search"}))
+    for path, value in params.items():
+        section = path.split(".")[0]
+        for other in _EXCLUSIVE.get(path, ()):
+            tree.get(section, {}).pop(other, None)
+        set_dotted(tree, path, value)
+    try:
+        return Spec.model_validate({**tree, "search": spec.search})
+    except ValidationError as exc:
+        raise describe_validation_error(exc, "search.space", {}) from None

@@ -1,0 +1,113 @@
+"""Search strategies: the search section -> an Optuna sampler, plus pure refine (tightening).
+
+The strategy proposes, the engine evaluates. Grid points are handed to workers through Optuna's
+queue of waiting trials (each popped once), so no point runs twice; the others are stock
+samplers seeded from the spec.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import optuna
+
+from hpsearch.errors import InputError
+from hpsearch.space import Param
+from hpsearch.spec import SearchSpec
+
+DEFAULT_TRIALS = 40
+
+
+def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
+    """A fresh sampler for the strategy. Grid uses the queue; its sampler is never consulted."""
+    if search.strategy == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if search.strategy == "evolution":
+        # NSGA-II with one objective is a generational GA: elitist survival, binary tournament
+        # selection, uniform crossover, and mutation that resamples a gene from its own
+        # distribution (so log ranges and choices are respected).
+        return optuna.samplers.NSGAIISampler(population_size=search.population, seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
+    if search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+    if search.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def check_strategy(search: SearchSpec) -> None:
+    if search.refine is not None and search.strategy not in ("grid", "random"):
+        raise InputError(
+            f"search.refine: refinement applies to grid and random, not {search.strategy} "
+            "(evolution and tpe already concentrate on promising areas)"
+        )
+
+
+def round_budgets(total: int, rounds: int) -> list[int]:
+    """Split a trial budget over rounds as evenly as possible (earlier rounds get the rest)."""
+    base, rest = divmod(total, rounds)
+    return [base + (1 if i < rest else 0) for i in range(rounds)]
+
+
+def best_fraction(
+    points: list[tuple[dict[str, Any], float]], keep: float, maximize: bool
+) -> list[dict[str, Any]]:
+    """The params of the best `keep` fraction of (params, value) pairs (at least one)."""
+    ranked = sorted(points, key=lambda pv: -pv[1] if maximize else pv[1])
+    count = max(1, math.ceil(keep * len(ranked)))
+    return [params for params, _ in ranked[:count]]
+
+
+def _to_axis(param: Param, value: float) -> float:
+    return math.log10(value) if param.spec.log else float(value)
+
+
+def _from_axis(param: Param, value: float) -> float:
+    return 10**value if param.spec.log else value
+
+
+def tighten_param(param: Param, best_values: list[Any]) -> Param:
+    """Shrink one parameter around the values the best trials used.
+
+    Ranges become the box spanned by those values (on the log axis for log ranges), widened by
+    one grid spacing (grid) or a tenth of the current span (random) on each side, because the
+    optimum may lie between the points tried, and never wider than the current range.
+    Choices keep only the options the best trials used.
+    """
+    if not best_values:
+        return param
+    spec = param.spec
+    if not param.is_range:
+        kept = [v for v in param.options if v in best_values]
+        key = "choices" if spec.choices is not None else "values"
+        return replace(param, spec=spec.model_copy(update={key: kept}))
+    low, high = _to_axis(param, spec.low), _to_axis(param, spec.high)
+    span = high - low
+    margin = span / (spec.steps - 1) if spec.steps else span / 10
+    axis = [_to_axis(param, v) for v in best_values]
+    new_low = max(low, min(axis) - margin)
+    new_high = min(high, max(axis) + margin)
+    new_low, new_high = _from_axis(param, new_low), _from_axis(param, new_high)
+    if param.kind == "int":
+        new_low, new_high = math.floor(new_low), math.ceil(new_high)
+        if new_low == new_high:
+            new_high = min(int(spec.high), new_low + 1)
+            new_low = new_high - 1
+    else:
+        new_low, new_high = max(new_low, spec.low), min(new_high, spec.high)
+    return replace(param, spec=spec.model_copy(update={"low": new_low, "high": new_high}))
+
+
+def tighten(params: list[Param], best_points: list[dict[str, Any]]) -> list[Param]:
+    """The space for the next refine round: every parameter tightened around the best points."""
+    return [tighten_param(p, [pt[p.path] for pt in best_points if p.path in pt]) for p in params]
+
+
+def describe_space(params: list[Param]) -> dict[str, Any]:
+    """A JSON-ready description of a (possibly tightened) space, recorded per refine round."""
+    return {p.path: p.spec.model_dump(exclude_none=True, exclude_defaults=True) for p in params}

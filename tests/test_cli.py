@@ -1,0 +1,139 @@
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from hpsearch.cli import app
+from tests.conftest import CONFIGS
+
+runner = CliRunner()
+
+TINY = """\
+name: tiny
+device: cpu
+data: {source: sklearn:iris}
+model: {hidden: [8]}
+train: {epochs: 5, lr: 0.01}
+"""
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_run_writes_the_run_folder(tmp_path, write_spec):
+    spec = write_spec(TINY)
+    result = invoke("run", spec, "--runs-dir", tmp_path / "runs", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    run = tmp_path / "runs" / summary["run"].split("/")[-1]
+    assert run.name.startswith("tiny-")
+    for name in ("spec.yaml", "env.json", "split.json", "summary.json"):
+        assert (run / name).is_file(), name
+    trial = run / "trials" / "0"
+    for name in ("params.json", "metrics.jsonl", "result.json", "model.pt"):
+        assert (trial / name).is_file(), name
+    epochs = (trial / "metrics.jsonl").read_text().splitlines()
+    assert len(epochs) == json.loads((trial / "result.json").read_text())["epochs_run"]
+    assert summary["counts"] == {"complete": 1, "pruned": 0, "failed": 0}
+    assert 0 <= summary["best"]["metrics"]["test_error"] <= 1
+    assert summary["diagnosis"]["variance"] is not None
+
+
+def test_plain_progress_lines_when_not_a_tty(tmp_path, write_spec):
+    result = invoke("run", write_spec(TINY), "--runs-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "trial 0 epoch 1/5" in result.stderr
+    assert "run folder:" in result.stderr
+
+
+def test_validate_reports_the_data(write_spec):
+    result = invoke("validate", write_spec(TINY))
+    assert result.exit_code == 0, result.output
+    assert "multiclass" in result.stdout
+
+
+def test_schema_is_json():
+    result = invoke("schema")
+    assert result.exit_code == 0
+    assert "properties" in json.loads(result.stdout)
+
+
+BAD_SPECS = {
+    "unknown-key": (TINY + "trian: {}\n", "did you mean 'train'"),
+    "wrong-type": (TINY.replace("epochs: 5", "epochs: five"), "train.epochs"),
+    "missing-data-file": (TINY.replace("sklearn:iris", "missing.csv"), "missing.csv"),
+    "missing-target": ("name: t\ndata: {source: d.csv, target: nope}\n", "nope"),
+    "loss-task-mismatch": (
+        "name: t\ndata: {source: sklearn:diabetes}\ntrain: {loss: cross_entropy}\n",
+        "train.loss",
+    ),
+    "bad-metric-for-task": (
+        "name: t\ndata: {source: sklearn:diabetes}\nobjective: {metric: dev_accuracy}\n",
+        "objective.metric",
+    ),
+    "duplicate-keys": ("name: a\nname: b\ndata: {source: sklearn:iris}\n", "duplicate key"),
+    "python-tag": ("name: !!python/object/apply:os.system [echo]\n", "not allowed"),
+    "cuda-without-gpu": (TINY.replace("device: cpu", "device: cuda:3"), "device"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SPECS))
+def test_bad_input_exits_2_without_a_run_folder(tmp_path, write_spec, case):
+    text, expected = BAD_SPECS[case]
+    if case == "cuda-without-gpu":
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA present")
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,4\n")
+    runs = tmp_path / "runs"
+    result = invoke("run", write_spec(text), "--runs-dir", runs)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "Traceback" not in result.output
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_missing_spec_file_exits_2(tmp_path):
+    result = invoke("run", tmp_path / "nope.yaml")
+    assert result.exit_code == 2
+    assert "nope.yaml" in result.stderr
+
+
+def test_unknown_option_exits_2(write_spec):
+    result = invoke("run", write_spec(TINY), "--no-such-option")
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--train-error", "3.5%", "--dev-error", "7.8%", "--human-error", "0.7%"],
+            '"focus": "bias"',
+        ),
+        (["--train-error", "0.01", "--dev-error", "0.05"], '"focus": "variance"'),
+    ],
+)
+def test_diagnose_json(args, expected):
+    result = invoke("diagnose", *args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert expected in result.stdout
+
+
+def test_diagnose_bad_number_exits_2():
+    result = invoke("diagnose", "--train-error", "lots", "--dev-error", "0.1")
+    assert result.exit_code == 2
+    assert "--train-error" in result.stderr
+
+
+def test_example_configs_validate(tmp_path):
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        shutil.copytree(CONFIGS / "data", tmp_path / "data", dirs_exist_ok=True)
+        result = invoke("validate", copy)
+        assert result.exit_code == 0, f"{path.name}: {result.output}"

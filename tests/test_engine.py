@@ -1,0 +1,244 @@
+"""End-to-end searches through the engine and the CLI (small iris runs, a few seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from hpsearch.engine import RunOptions, check_resume_compatible, run_spec
+from hpsearch.errors import InputError
+from hpsearch.runs import read_json
+from tests.conftest import make_spec
+
+
+def spec_file(tmp_path: Path, search: dict, train: dict | None = None, name: str = "s") -> Path:
+    raw = {
+        "name": name,
+        "seed": 0,
+        "device": "cpu",
+        "data": {"source": "sklearn:iris"},
+        "model": {"hidden": [8]},
+        "train": {"epochs": 4, "lr": 0.01, "batch_size": 16, **(train or {})},
+        "search": search,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def study_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run / "study.log"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).trials
+
+
+def states(run: Path) -> list[str]:
+    return [t.state.name for t in study_trials(run)]
+
+
+def test_random_search_in_process(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "random",
+            "trials": 5,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    summary = result.summary
+    assert summary["counts"]["complete"] == 5
+    assert summary["state"] == "finished"
+    assert summary["best"]["metrics"]["test_error"] is not None
+    assert len(summary["trials"]) == 5
+    assert states(result.run.root) == ["COMPLETE"] * 5
+    lrs = [t["params"]["train.lr"] for t in summary["trials"]]
+    assert len(set(lrs)) == 5 and all(1e-3 <= lr <= 1e-1 for lr in lrs)
+
+
+def test_grid_with_two_workers_runs_each_point_once(tmp_path):
+    space = {
+        "train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
+        "train.batch_size": {"choices": [16, 32]},
+    }
+    spec = spec_file(tmp_path, {"strategy": "grid", "mode": "caviar", "workers": 2, "space": space})
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    trials = study_trials(result.run.root)
+    assert len(trials) == 6
+    keys = {json.dumps(t.params, sort_keys=True) for t in trials}
+    assert len(keys) == 6
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+
+def test_random_refine_rounds_shrink_the_space(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "random",
+            "trials": 9,
+            "workers": 1,
+            "refine": {"rounds": 2, "keep": 0.34},
+            "space": {
+                "train.lr": {"low": 1e-4, "high": 1.0, "log": True},
+                "model.dropout": {"low": 0.0, "high": 0.5},
+            },
+        },
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    rounds = read_json(result.run.root / "rounds.json")
+    assert [r["target"] for r in rounds] == [3, 6, 9]
+    spans = [r["space"]["train.lr"]["high"] / r["space"]["train.lr"]["low"] for r in rounds]
+    assert spans[0] > spans[1] >= spans[2]
+    assert result.summary["counts"]["complete"] == 9
+
+
+def test_diverging_trial_fails_and_search_finishes(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {"strategy": "grid", "workers": 1, "space": {"train.lr": {"values": [1e9, 0.01]}}},
+        train={"optimizer": "sgd"},
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    by_lr = {t["params"]["train.lr"]: t for t in result.summary["trials"]}
+    assert by_lr[1e9]["state"] == "failed" and by_lr[1e9]["reason"] == "diverged"
+    assert by_lr[0.01]["state"] == "complete"
+    assert result.summary["best"]["params"] == {"train.lr": 0.01}
+
+
+def test_asha_prunes(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "random",
+            "trials": 12,
+            "workers": 1,
+            "pruner": "asha",
+            "space": {"train.lr": {"low": 1e-5, "high": 1.0, "log": True}},
+        },
+        train={"epochs": 9, "early_stopping": None},
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    assert result.summary["counts"]["pruned"] >= 1
+    assert "RUNNING" not in states(result.run.root)
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _running_trial_folders(runs: Path) -> list[Path]:
+    return [
+        p
+        for p in runs.glob("*/trials/*")
+        if (p / "metrics.jsonl").exists()
+        and (p / "metrics.jsonl").stat().st_size > 0
+        and not (p / "result.json").exists()
+    ]
+
+
+SLOW_SEARCH = {
+    "strategy": "random",
+    "trials": 6,
+    "mode": "caviar",
+    "workers": 2,
+    "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+}
+
+
+def test_sigkill_then_resume_reaches_the_budget(tmp_path):
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    runs = tmp_path / "runs"
+    proc = _cli("run", str(spec), "--runs-dir", str(runs), start_new_session=True)
+    assert _wait_for(lambda: _running_trial_folders(runs)), (
+        proc.stderr.read() if proc.poll() else ""
+    )
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its workers die mid-trial
+    proc.wait()
+    run = next(runs.iterdir())
+    assert "RUNNING" in states(run)
+    resumed = _cli("run", str(spec), "--runs-dir", str(runs), "--resume", "latest", "--trials", "4")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    final = states(run)
+    assert "RUNNING" not in final
+    summary = read_json(run / "summary.json")
+    assert sum(summary["counts"].values()) >= 4
+    assert "interrupted" in summary["failure_reasons"]
+
+
+def test_sigint_exits_130_and_resumes(tmp_path):
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    runs = tmp_path / "runs"
+    proc = _cli("run", str(spec), "--runs-dir", str(runs))
+    assert _wait_for(lambda: _running_trial_folders(runs))
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert time.time() - started < 15
+    assert "--resume" in err
+    run = next(runs.iterdir())
+    assert "RUNNING" not in states(run)
+    assert read_json(run / "summary.json")["state"] == "interrupted"
+    resumed = _cli("run", str(spec), "--runs-dir", str(runs), "--resume", str(run), "--trials", "3")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert read_json(run / "summary.json")["state"] == "finished"
+
+
+def test_resume_refuses_incompatible_changes():
+    old = make_spec(
+        search={
+            "space": {
+                "train.optimizer": {"choices": ["adam", "sgd"]},
+                "train.lr": {"low": 1e-3, "high": 1e-1, "log": True},
+            }
+        }
+    )
+    changed = make_spec(
+        search={
+            "space": {
+                "train.optimizer": {"choices": ["adam"]},
+                "train.lr": {"low": 1e-3, "high": 1e-1, "log": True},
+            }
+        }
+    )
+    with pytest.raises(InputError, match="choices changed"):
+        check_resume_compatible(old, changed)
+    widened = make_spec(
+        search={
+            "space": {
+                "train.optimizer": {"choices": ["adam", "sgd"]},
+                "train.lr": {"low": 1e-4, "high": 1e-1, "log": True},
+            }
+        }
+    )
+    assert any("widened" in w for w in check_resume_compatible(old, widened))
+    flipped = make_spec(search={"space": old.search.space}, objective={"direction": "maximize"})
+    with pytest.raises(InputError, match="objective"):
+        check_resume_compatible(old, flipped)

@@ -1,0 +1,111 @@
+import math
+
+import optuna
+import pytest
+from scipy import stats
+
+from hpsearch.errors import InputError
+from hpsearch.space import apply_params, grid_points, parse_space, suggest
+from tests.conftest import make_spec
+
+SPACE = {
+    "train.lr": {"low": 1e-4, "high": 1.0, "log": True},
+    "train.batch_size": {"choices": [16, 32, 64]},
+    "model.hidden": {"choices": [[8], [16, 8]]},
+    "model.dropout": {"low": 0.0, "high": 0.5},
+    "train.epochs": {"low": 5, "high": 20},
+    "train.optimizer": {"choices": ["adam", "momentum"]},
+    "train.momentum": {"low": 0.5, "high": 0.99, "when": {"train.optimizer": ["momentum"]}},
+}
+
+
+def spec_with(space, **search):
+    return make_spec(search={"space": space, **search})
+
+
+def sample(spec, n=200, seed=0):
+    params = parse_space(spec)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        out.append(suggest(trial, params, spec))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_kinds_follow_the_spec_fields():
+    kinds = {p.path: p.kind for p in parse_space(spec_with(SPACE))}
+    assert kinds["train.lr"] == "float"
+    assert kinds["train.epochs"] == "int"
+    assert kinds["model.dropout"] == "float"
+    assert kinds["model.hidden"] == "categorical"
+
+
+def test_samples_stay_in_bounds_and_conditions_hold():
+    for values in sample(spec_with(SPACE)):
+        assert 1e-4 <= values["train.lr"] <= 1.0
+        assert values["train.batch_size"] in (16, 32, 64)
+        assert values["model.hidden"] in ([8], [16, 8])
+        assert isinstance(values["train.epochs"], int)
+        assert ("train.momentum" in values) == (values["train.optimizer"] == "momentum")
+        apply_params(spec_with(SPACE), values)  # every sample is a valid spec
+
+
+def test_log_range_is_uniform_in_the_exponent():
+    spec = spec_with({"train.lr": {"low": 1e-4, "high": 1.0, "log": True}})
+    exponents = [math.log10(v["train.lr"]) for v in sample(spec, n=500)]
+    assert stats.kstest(exponents, stats.uniform(loc=-4, scale=4).cdf).pvalue > 0.01
+    # and clearly not uniform on the linear scale
+    linear = [10**e for e in exponents]
+    assert stats.kstest(linear, stats.uniform(loc=1e-4, scale=1 - 1e-4).cdf).pvalue < 1e-6
+
+
+def test_grid_covers_every_point_once():
+    spec = spec_with(
+        {
+            "train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
+            "train.optimizer": {"choices": ["adam", "momentum"]},
+            "train.momentum": {"values": [0.5, 0.9], "when": {"train.optimizer": ["momentum"]}},
+        },
+        strategy="grid",
+    )
+    points = grid_points(parse_space(spec), spec)
+    # adam: 3 lrs; momentum: 3 lrs x 2 momenta
+    assert len(points) == 9
+    lrs = sorted({p["train.lr"] for p in points})
+    assert lrs == pytest.approx([1e-3, 1e-2, 1e-1])
+
+
+@pytest.mark.parametrize(
+    ("space", "expected"),
+    [
+        pytest.param(
+            {"train.nope": {"low": 0.1, "high": 1.0}}, "not a searchable", id="unknown-path"
+        ),
+        pytest.param({"data.source": {"choices": ["a"]}}, "not a searchable", id="data-path"),
+        pytest.param(
+            {"train.optimizer": {"low": 1, "high": 2}}, "not numeric", id="range-on-choice"
+        ),
+        pytest.param({"train.epochs": {"low": 1.5, "high": 9}}, "whole numbers", id="int-field"),
+        pytest.param({"train.optimizer": {"choices": ["adam", "lbfgs"]}}, "lbfgs", id="bad-choice"),
+        pytest.param(
+            {"train.momentum": {"low": 0.1, "high": 0.9, "when": {"train.nope": [1]}}},
+            "when",
+            id="when-missing-path",
+        ),
+    ],
+)
+def test_bad_space(space, expected):
+    with pytest.raises(InputError, match=expected):
+        parse_space(spec_with(space))
+
+
+def test_grid_range_needs_steps():
+    with pytest.raises(InputError, match="steps"):
+        parse_space(spec_with({"train.lr": {"low": 0.1, "high": 1.0}}, strategy="grid"))
+
+
+def test_apply_params_hidden_replaces_layers_units():
+    spec = make_spec(model={"hidden": None, "layers": 2, "units": 4})
+    assert apply_params(spec, {"model.hidden": [7]}).model.widths == [7]

@@ -1,0 +1,111 @@
+import math
+
+import optuna
+import pytest
+
+from hpsearch.errors import InputError
+from hpsearch.space import parse_space, suggest
+from hpsearch.strategies import (
+    best_fraction,
+    check_strategy,
+    make_sampler,
+    round_budgets,
+    tighten,
+)
+from tests.conftest import make_spec
+
+SPACE = {
+    "train.lr": {"low": 1e-5, "high": 1.0, "log": True},
+    "model.dropout": {"low": 0.0, "high": 0.5},
+    "train.batch_size": {"choices": [16, 32, 64]},
+    "model.hidden": {"choices": [[8], [32, 16]]},
+}
+STRATEGIES = ["random", "tpe", "evolution"]
+
+
+def toy_objective(values):
+    """Torch-free stand-in for training: best near lr=1e-2, dropout=0.1, batch 32, [32, 16]."""
+    loss = (math.log10(values["train.lr"]) + 2) ** 2 + (values["model.dropout"] - 0.1) ** 2
+    loss += 0.5 * (values["train.batch_size"] != 32) + 0.5 * (values["model.hidden"] != [32, 16])
+    return loss
+
+
+def run_strategy(strategy, trials=60, seed=0):
+    spec = make_spec(search={"strategy": strategy, "space": SPACE, "population": 10})
+    params = parse_space(spec)
+    study = optuna.create_study(sampler=make_sampler(spec.search, seed))
+    seen = []
+    for _ in range(trials):
+        trial = study.ask()
+        values = suggest(trial, params, spec)
+        seen.append(values)
+        study.tell(trial, toy_objective(values))
+    return study, seen
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_contract_samples_in_bounds(strategy):
+    _, seen = run_strategy(strategy)
+    for values in seen:
+        assert 1e-5 <= values["train.lr"] <= 1.0
+        assert 0.0 <= values["model.dropout"] <= 0.5
+        assert values["train.batch_size"] in (16, 32, 64)
+        assert values["model.hidden"] in ([8], [32, 16])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_contract_same_seed_same_proposals(strategy):
+    assert run_strategy(strategy, 30, seed=1)[1] == run_strategy(strategy, 30, seed=1)[1]
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "evolution"])
+def test_guided_strategies_beat_their_start(strategy):
+    study, _ = run_strategy(strategy, trials=120)
+    values = [t.value for t in study.trials]
+    assert min(values[60:]) <= min(values[:20])
+
+
+def test_round_budgets():
+    assert round_budgets(10, 3) == [4, 3, 3]
+    assert sum(round_budgets(41, 4)) == 41
+
+
+def test_best_fraction():
+    points = [({"x": i}, float(v)) for i, v in enumerate([5, 1, 3, 2])]
+    assert best_fraction(points, 0.5, maximize=False) == [{"x": 1}, {"x": 3}]
+    assert best_fraction(points, 0.1, maximize=True) == [{"x": 0}]
+
+
+def test_tighten_shrinks_around_the_best():
+    spec = make_spec(search={"space": SPACE})
+    params = parse_space(spec)
+    best = [
+        {"train.lr": 1e-3, "model.dropout": 0.1, "train.batch_size": 32, "model.hidden": [8]},
+        {"train.lr": 1e-2, "model.dropout": 0.2, "train.batch_size": 32, "model.hidden": [8]},
+    ]
+    tightened = {p.path: p for p in tighten(params, best)}
+    lr = tightened["train.lr"].spec
+    assert 1e-5 < lr.low <= 1e-3 and 1e-2 <= lr.high < 1.0
+    assert lr.log
+    dropout = tightened["model.dropout"].spec
+    assert 0.0 <= dropout.low <= 0.1 and 0.2 <= dropout.high <= 0.5
+    assert dropout.high - dropout.low < 0.5
+    assert tightened["train.batch_size"].spec.choices == [32]
+    assert tightened["model.hidden"].spec.choices == [[8]]
+
+
+def test_tighten_grid_keeps_one_spacing_margin():
+    spec = make_spec(
+        search={
+            "strategy": "grid",
+            "space": {"model.dropout": {"low": 0.0, "high": 0.4, "steps": 5}},
+        }
+    )
+    (param,) = tighten(parse_space(spec), [{"model.dropout": 0.2}])
+    assert (param.spec.low, param.spec.high) == pytest.approx((0.1, 0.3))
+
+
+def test_refine_only_for_grid_and_random():
+    spec = make_spec(search={"strategy": "tpe", "refine": {"rounds": 1, "keep": 0.2}})
+    with pytest.raises(InputError, match="refine"):
+        check_strategy(spec.search)
