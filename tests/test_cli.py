@@ -79,6 +79,39 @@ BAD_SPECS = {
 }
 
 
+CSV = "a,b,color,y\n1,2,red,0\n3,,blue,1\n5,6,red,0\n7,8,blue,1\n9,1,red,0\n2,3,blue,1\n"
+CSV_SPEC = "name: t\ndata: {source: d.csv, target: y%s}\ntrain: {epochs: 2}\n"
+BAD_SPECS.update(
+    {
+        "missing-values": (CSV_SPEC % "", "'b'"),
+        "unknown-drop": (CSV_SPEC % ", drop: [zz]", "data.drop"),
+        "unknown-group": (CSV_SPEC % ", group: zz", "data.group"),
+        "single-class": (CSV_SPEC.replace("target: y", "target: one") % "", "one"),
+        "split-empty": (
+            CSV_SPEC % ", impute: mean, split: {train: 0.9, dev: 0.05, test: 0.05}",
+            "data.split",
+        ),
+        "group-weights-without-group": (
+            CSV_SPEC % ", impute: mean, weights: {group: {red: 2}}",
+            "data.group",
+        ),
+        "balanced-weights-regression": (
+            "name: t\ndata: {source: sklearn:diabetes, weights: balanced}\n",
+            "balanced",
+        ),
+        "bad-search-path": (TINY + "search: {space: {train.nope: {low: 1, high: 2}}}\n", "train.nope"),
+        "grid-without-steps": (
+            TINY + "search: {strategy: grid, space: {train.lr: {low: 0.1, high: 1}}}\n",
+            "steps",
+        ),
+        "refine-with-tpe": (
+            TINY + "search: {strategy: tpe, refine: {rounds: 1, keep: 0.5}}\n",
+            "search.refine",
+        ),
+    }
+)
+
+
 @pytest.mark.parametrize("case", list(BAD_SPECS))
 def test_bad_input_exits_2_without_a_run_folder(tmp_path, write_spec, case):
     text, expected = BAD_SPECS[case]
@@ -88,13 +121,26 @@ def test_bad_input_exits_2_without_a_run_folder(tmp_path, write_spec, case):
 
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
-    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,4\n")
+    one_class = "a,one\n" + "".join(f"{i},k\n" for i in range(10))
+    (tmp_path / "d.csv").write_text(one_class if case == "single-class" else CSV)
     runs = tmp_path / "runs"
     result = invoke("run", write_spec(text), "--runs-dir", runs)
     assert result.exit_code == 2, result.output
     assert expected in result.stderr
     assert "Traceback" not in result.output
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_same_spec_same_metrics_twice(tmp_path, write_spec):
+    spec = write_spec(TINY)
+    epochs = []
+    for runs in ("a", "b"):
+        result = invoke("run", spec, "--runs-dir", tmp_path / runs, "--quiet")
+        assert result.exit_code == 0, result.output
+        (trial,) = (tmp_path / runs).glob("*/trials/0/metrics.jsonl")
+        lines = [json.loads(line) for line in trial.read_text().splitlines()]
+        epochs.append([{k: v for k, v in line.items() if k != "seconds"} for line in lines])
+    assert epochs[0] == epochs[1]
 
 
 def test_missing_spec_file_exits_2(tmp_path):
