@@ -58,12 +58,18 @@ def run(
     timeout: Annotated[
         str | None, typer.Option(help="Stop starting trials after e.g. 30m.")
     ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="Database URL for the study (default: a journal file).")
+    ] = None,
     runs_dir: Annotated[
         Path, typer.Option("--runs-dir", help="Parent folder of run folders.")
     ] = Path("runs"),
     resume: Annotated[
         str | None, typer.Option(help="Continue a stopped run: its folder, or 'latest'.")
     ] = None,
+    interactive: Annotated[
+        bool, typer.Option(help="Panda: review each proposal before it runs (terminal only).")
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the JSON summary on stdout.")
     ] = False,
@@ -80,7 +86,9 @@ def run(
         mode=mode,
         strategy=strategy,
         timeout=timeout,
+        storage=storage,
         resume=resume,
+        interactive=interactive,
     )
     try:
         result = run_spec(spec, options, make_progress(quiet))

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from hpsearch.data import Dataset, load_dataset
 from hpsearch.diagnosis import diagnose
 from hpsearch.errors import InputError
 from hpsearch.objective import TrialOutcome, run_trial, score_saved_trial
-from hpsearch.progress import ProgressSink, SearchStatus, SilentProgress
+from hpsearch.progress import ProgressSink, Reviewer, SearchStatus, SilentProgress, make_reviewer
 from hpsearch.runs import RunFolder, create_run, read_json, write_json, write_text
 from hpsearch.space import (
     Param,
@@ -48,6 +48,7 @@ from hpsearch.spec import (
     spec_from_dict,
     spec_to_yaml,
 )
+from hpsearch.storage import mask_args, mask_url, probe_storage
 from hpsearch.strategies import (
     DEFAULT_TRIALS,
     best_fraction,
@@ -89,6 +90,7 @@ class RunOptions:
     timeout: str | None = None
     storage: str | None = None
     resume: str | None = None
+    interactive: bool = False
 
 
 @dataclass
@@ -114,6 +116,11 @@ def with_overrides(spec: Spec, options: RunOptions) -> Spec:
         if value is not None
     }
     raw = spec.model_dump(mode="json")
+    if options.interactive:
+        search_update["panda"] = {
+            **((raw.get("search") or {}).get("panda") or {}),
+            "interactive": True,
+        }
     if search_update:
         raw["search"] = {**(raw.get("search") or {}), **search_update}
     if options.storage is not None:
@@ -131,7 +138,7 @@ def prepare(spec: Spec) -> Dataset:
     check_objective_metric(spec.objective.metric, data.task)
     resolve_device(spec.device)
     if spec.storage is not None:
-        raise InputError("storage: database storage is not available yet; leave it null")
+        probe_storage(spec.storage)
     return data
 
 
@@ -154,14 +161,21 @@ def environment(spec: Spec, device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "seed": spec.seed,
-        "command": sys.argv,
+        "command": mask_args(sys.argv),
     }
+
+
+def masked(spec: Spec) -> Spec:
+    """The spec as written to disk: a storage URL's password never reaches a file."""
+    if spec.storage is None:
+        return spec
+    return spec.model_copy(update={"storage": mask_url(spec.storage)})
 
 
 def start_run(spec: Spec, data: Dataset, runs_dir: Path) -> RunFolder:
     """Create the run folder and write what is known before training: spec, env, split."""
     run = create_run(runs_dir, spec.name)
-    write_text(run.spec, spec_to_yaml(spec))
+    write_text(run.spec, spec_to_yaml(masked(spec)))
     write_json(run.env, environment(spec, resolve_device(spec.device)))
     write_json(run.split, data.split_info)
     return run
@@ -225,16 +239,33 @@ def write_summary(
 # --- one trial inside a study -----------------------------------------------------------------
 
 
+def open_storage(run: RunFolder, spec: Spec) -> optuna.storages.BaseStorage:
+    """The journal file in the run folder, or the database the spec names."""
+    if spec.storage is None:
+        return optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(run.study_log))
+        )
+    try:
+        return optuna.storages.RDBStorage(spec.storage)
+    except Exception as exc:  # driver missing, server down, bad credentials
+        raise InputError(
+            f"storage: cannot open {mask_url(spec.storage)}: {_without_url(exc, spec.storage)}"
+        ) from None
+
+
+def _without_url(exc: Exception, url: str) -> str:
+    """An exception's first line, with the URL (and its password) masked."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.replace(url, mask_url(url))
+
+
 def open_study(run: RunFolder, spec: Spec, sampler: optuna.samplers.BaseSampler | None = None):
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run.study_log))
-    )
     assert spec.search is not None
     return optuna.create_study(
-        storage=storage,
+        storage=open_storage(run, spec),
         sampler=sampler,
         pruner=make_pruner(spec.search),
-        study_name=spec.name,
+        study_name=run.name,  # unique per run, also in a database shared by many runs
         direction=spec.objective.resolved_direction,
         load_if_exists=True,
     )
@@ -271,7 +302,7 @@ def _epoch_callback(trial: optuna.Trial, spec: Spec, progress: ProgressSink, pru
 
     def on_epoch(record: dict[str, Any]) -> bool:
         progress.epoch(trial.number, record)
-        if not prune or metric not in record:
+        if not prune or metric not in record or "event" in record:
             return False
         trial.report(record[metric], record["epoch"])
         return trial.should_prune()
@@ -302,7 +333,8 @@ class WorkerTask:
     seed: int
     threads: int | None = None
     deadline: float | None = None  # time.time() after which no new trial starts
-    extra: dict[str, Any] = field(default_factory=dict)
+    # panda --interactive: shown each proposal; returns the values to run, or None to stop
+    review: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
 
 
 def trial_loop(
@@ -324,6 +356,19 @@ def trial_loop(
             trial = study.ask()
         trial.set_user_attr("worker_pid", os.getpid())
         values = suggest(trial, task.params, task.spec)
+        if task.review is not None:
+            reviewed = task.review(trial.number, values)
+            if reviewed != values:
+                # Optuna cannot change a trial's params: skip this one (no folder, not counted)
+                # and queue the edited proposal as the next trial.
+                trial.set_user_attr("reason", "skipped")
+                study.tell(trial, state=TrialState.FAIL)
+                if reviewed is None:
+                    (run.root / ".stop").touch()  # no further rounds either
+                    return
+                study.enqueue_trial(to_optuna_params(task.params, reviewed))
+                task.target += 1
+                continue
         progress.trial_started(trial.number, values, apply_params(task.spec, values).train.epochs)
         try:
             outcome = run_trial(
@@ -333,6 +378,7 @@ def trial_loop(
                 trial.number,
                 values,
                 on_epoch=_epoch_callback(trial, task.spec, progress, prune),
+                rescue=task.spec.search.mode == "panda" and task.spec.search.panda.rescue,
             )
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -392,8 +438,16 @@ def _decode_points(params: list[Param], points: list[dict[str, Any]]) -> list[di
 class Search:
     """One search over a run folder: rounds of trials until the budget or time runs out."""
 
-    def __init__(self, spec: Spec, data: Dataset, run: RunFolder, progress: ProgressSink):
+    def __init__(
+        self,
+        spec: Spec,
+        data: Dataset,
+        run: RunFolder,
+        progress: ProgressSink,
+        reviewer: Reviewer | None = None,
+    ):
         assert spec.search is not None
+        self.reviewer = reviewer
         self.spec = spec
         self.search: SearchSpec = spec.search
         self.data = data
@@ -474,9 +528,14 @@ class Search:
             self.spec, self.data, self.run.root, params, target, seed, threads, self.deadline
         )
 
+    def in_process_task(self, params: list[Param], target: int, round_index: int) -> WorkerTask:
+        task = self.task(params, target, 0, round_index)
+        task.review = self.reviewer if self.search.mode == "panda" else None
+        return task
+
     def run_round(self, params: list[Param], target: int, round_index: int) -> None:
         if self.search.mode == "panda" or self.workers == 1:
-            task = self.task(params, target, 0, round_index)
+            task = self.in_process_task(params, target, round_index)
             trial_loop(task, self.progress, lambda _: self.report_new())
             return
         context = multiprocessing.get_context("spawn")
@@ -662,8 +721,9 @@ def run_search(
     run: RunFolder,
     progress: ProgressSink,
     resuming: bool = False,
+    reviewer: Reviewer | None = None,
 ) -> RunResult:
-    search = Search(spec, data, run, progress)
+    search = Search(spec, data, run, progress, reviewer)
     if resuming:
         search.recover()
         (run.root / ".stop").unlink(missing_ok=True)
@@ -678,6 +738,17 @@ def run_search(
     return RunResult(run, write_summary(run, spec, state, search.started, data))
 
 
+def reviewer_for(spec: Spec) -> Reviewer | None:
+    """panda + interactive on a terminal: ask before each trial; elsewhere, say why not."""
+    search = spec.search
+    if search is None or search.mode != "panda" or not search.panda.interactive:
+        return None
+    if not sys.stdin.isatty():
+        print("warning: interactive panda needs a terminal; running unattended", file=sys.stderr)
+        return None
+    return make_reviewer(parse_space(spec), spec)
+
+
 def run_spec(
     spec_path: Path, options: RunOptions, progress: ProgressSink | None = None
 ) -> RunResult:
@@ -688,15 +759,22 @@ def run_spec(
         if options.resume is not None:
             run = find_run(options.runs_dir, options.resume)
             old = load_spec(run.spec)
+            if old.storage and options.storage is None:
+                if "***" in old.storage:
+                    raise InputError(
+                        f"--resume: this run's study is in {old.storage}; pass --storage with "
+                        "the full URL again (passwords are never written to the run folder)"
+                    )
+                spec = spec.model_copy(update={"storage": old.storage})
             for warning in check_resume_compatible(old, spec):
                 print(f"warning: {warning}", file=sys.stderr)
             data = prepare(spec)
-            write_text(run.spec, spec_to_yaml(spec))
-            return run_search(spec, data, run, progress, resuming=True)
+            write_text(run.spec, spec_to_yaml(masked(spec)))
+            return run_search(spec, data, run, progress, True, reviewer_for(spec))
         data = prepare(spec)
         if spec.search is None:
             return run_single(spec, data, options.runs_dir, progress)
         run = start_run(spec, data, options.runs_dir)
-        return run_search(spec, data, run, progress)
+        return run_search(spec, data, run, progress, reviewer=reviewer_for(spec))
     finally:
         progress.close()

@@ -55,6 +55,7 @@ def run_trial(
     params: dict[str, Any],
     on_epoch: EpochCallback | None = None,
     device: torch.device | None = None,
+    rescue: bool = False,
 ) -> TrialOutcome:
     """Train trial `number` with `params` applied, writing params, per-epoch metrics and result."""
     started = time.perf_counter()
@@ -71,7 +72,9 @@ def run_trial(
 
     try:
         trial_spec = apply_params(spec, params)
-        result = train_model(trial_spec, data, seed, on_epoch=log_epoch, device=device)
+        result = train_model(
+            trial_spec, data, seed, on_epoch=log_epoch, device=device, rescue=rescue
+        )
     except InputError:
         raise
     except torch.cuda.OutOfMemoryError:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from hpsearch.errors import InputError
 from hpsearch.objective import TrialOutcome
+from hpsearch.space import Param, apply_params, in_range
+from hpsearch.spec import Spec
 
 
 @dataclass
@@ -167,3 +172,53 @@ def make_progress(quiet: bool = False) -> ProgressSink:
     if quiet:
         return SilentProgress()
     return RichProgress() if sys.stderr.isatty() else PlainProgress()
+
+
+Reviewer = Callable[[int, dict[str, Any]], "dict[str, Any] | None"]
+
+
+def make_reviewer(params: list[Param], spec: Spec, console: Console | None = None) -> Reviewer:
+    """Panda --interactive: before each trial, run the proposal, edit a value, or stop."""
+    console = console or Console(stderr=True)
+    by_path = {p.path: p for p in params}
+
+    def review(number: int, values: dict[str, Any]) -> dict[str, Any] | None:
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items()) or "(no parameters)"
+        console.print(f"[bold]trial {number}[/] proposal: {shown}")
+        while True:
+            answer = console.input("[Enter] run it · [e]dit a value · [s]top: ").strip().lower()
+            if answer in ("", "y", "r"):
+                return values
+            if answer.startswith("s"):
+                return None
+            if answer.startswith("e"):
+                edited = _edit(console, by_path, values, spec)
+                if edited is not None:
+                    return edited
+
+    return review
+
+
+def _edit(
+    console: Console, by_path: dict[str, Param], values: dict[str, Any], spec: Spec
+) -> dict[str, Any] | None:
+    text = console.input("path=value (e.g. train.lr=0.003): ").strip()
+    path, _, raw = text.partition("=")
+    path = path.strip()
+    if path not in by_path:
+        console.print(f"not a search parameter; one of: {', '.join(by_path)}")
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        console.print("could not read that value")
+        return None
+    if not in_range(by_path[path], value):
+        console.print(f"{path}: {value!r} is outside the search space")
+        return None
+    try:
+        apply_params(spec, {**values, path: value})
+    except InputError as exc:
+        console.print(str(exc))
+        return None
+    return {**values, path: value}

@@ -8,6 +8,7 @@ from typing import Any
 from hpsearch.objective import TrialOutcome
 from hpsearch.runs import RunFolder
 from hpsearch.spec import Spec
+from hpsearch.storage import mask_url
 
 STATES = ("complete", "pruned", "failed")
 
@@ -58,6 +59,8 @@ def build_summary(
     return {
         "run": str(run.root),
         "name": spec.name,
+        "study": run.name if search else None,
+        "storage": mask_url(spec.storage) if spec.storage else ("study.log" if search else None),
         "state": state,
         "strategy": search.strategy if search else None,
         "mode": search.mode if search else None,

@@ -263,12 +263,32 @@ def _batches(n: int, batch_size: int, generator: torch.Generator, drop_single: b
         yield index
 
 
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Rescue:
+    """Panda babysitting inside a trial: once, on divergence or a dev-loss plateau, roll back to
+    the best weights so far and go on with a tenth of the learning rate."""
+
+    plateau_epochs: int
+    used: bool = False
+    lr_scale: float = 1.0
+
+    def event(self, epoch: int, reason: str, lr: float) -> dict[str, Any]:
+        self.used = True
+        self.lr_scale *= 0.1
+        return {"epoch": epoch, "event": "rescue", "reason": reason, "lr": lr * 0.1}
+
+
 def train_model(
     spec: Spec,
     data: Dataset,
     seed: int,
     on_epoch: EpochCallback | None = None,
     device: torch.device | None = None,
+    rescue: bool = False,
 ) -> TrainResult:
     """Train one MLP on the train split, early-stopping on dev loss; never touches test."""
     device = device or resolve_device(spec.device)
@@ -283,12 +303,17 @@ def train_model(
     cfg = spec.train
     stopping = cfg.early_stopping
     l2_penalty = 0.0 if cfg.optimizer == "adamw" else cfg.l2  # adamw decays weights itself
+    patience = stopping.patience if stopping else 10
+    babysitter = Rescue(plateau_epochs=max(2, patience // 2)) if rescue else None
+    track_best = stopping is not None or babysitter is not None
 
     result = TrainResult(model=model, state="complete", reason=None)
-    best_loss, best_state, bad_epochs = math.inf, None, 0
+    best_loss, bad_epochs = math.inf, 0
+    best_state = _snapshot(model) if babysitter else None
     for epoch in range(cfg.epochs):
         started = time.perf_counter()
         lr = scheduled_lr(cfg.lr, cfg.lr_schedule, epoch, cfg.epochs)
+        lr *= babysitter.lr_scale if babysitter else 1.0
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -319,20 +344,36 @@ def train_model(
             "lr": lr,
             "seconds": time.perf_counter() - started,
         }
+        diverged = diverged or not all(math.isfinite(v) for v in record.values())
+        plateau = babysitter is not None and bad_epochs + 1 >= babysitter.plateau_epochs
+        if babysitter and not babysitter.used and (diverged or plateau):
+            if not diverged:
+                result.history.append(record)
+                if on_epoch is not None:
+                    on_epoch(record)
+            event = babysitter.event(epoch + 1, "diverged" if diverged else "plateau", lr)
+            model.load_state_dict(best_state)
+            optimizer = make_optimizer(model, spec)  # fresh moments for the new lr
+            result.history.append(event)
+            result.epochs_run, bad_epochs = epoch + 1, 0
+            if on_epoch is not None:
+                on_epoch(event)
+            continue
         result.history.append(record)
         result.epochs_run = epoch + 1
-        if diverged or not all(math.isfinite(v) for v in record.values()):
+        if diverged:
             result.state, result.reason = "failed", "diverged"
             break
 
         dev_loss = dev_metrics["loss"]
-        if stopping is None:
-            result.best_epoch = epoch + 1
-        elif dev_loss < best_loss - stopping.min_delta:
-            best_loss, bad_epochs, result.best_epoch = dev_loss, 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
+        min_delta = stopping.min_delta if stopping else 0.0
+        if track_best and dev_loss < best_loss - min_delta:
+            best_loss, bad_epochs = dev_loss, 0
+            best_state = _snapshot(model)
+        elif track_best:
             bad_epochs += 1
+        if stopping is None or bad_epochs == 0:
+            result.best_epoch = epoch + 1  # the epoch whose weights the model ends with
         if on_epoch is not None and on_epoch(record):
             result.state, result.reason = "pruned", "pruned"
             break
@@ -340,7 +381,7 @@ def train_model(
             result.stopped_early = True
             break
 
-    if best_state is not None:
+    if stopping is not None and best_state is not None:
         model.load_state_dict(best_state)
     if result.state != "failed":
         result.metrics = {

@@ -99,7 +99,10 @@ BAD_SPECS.update(
             "name: t\ndata: {source: sklearn:diabetes, weights: balanced}\n",
             "balanced",
         ),
-        "bad-search-path": (TINY + "search: {space: {train.nope: {low: 1, high: 2}}}\n", "train.nope"),
+        "bad-search-path": (
+            TINY + "search: {space: {train.nope: {low: 1, high: 2}}}\n",
+            "train.nope",
+        ),
         "grid-without-steps": (
             TINY + "search: {strategy: grid, space: {train.lr: {low: 0.1, high: 1}}}\n",
             "steps",

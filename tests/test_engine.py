@@ -242,3 +242,64 @@ def test_resume_refuses_incompatible_changes():
     flipped = make_spec(search={"space": old.search.space}, objective={"direction": "maximize"})
     with pytest.raises(InputError, match="objective"):
         check_resume_compatible(old, flipped)
+
+
+@pytest.mark.parametrize("strategy", ["grid", "random", "evolution", "tpe"])
+def test_every_strategy_on_a_real_spec(tmp_path, strategy):
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
+             "train.batch_size": {"choices": [16, 32]}}
+    if strategy != "grid":
+        del space["train.lr"]["steps"]
+    spec = spec_file(tmp_path, {"strategy": strategy, "trials": 6, "workers": 1,
+                                "population": 3, "space": space}, train={"epochs": 2})
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert summary["counts"]["complete"] == 6
+    for trial in summary["trials"]:
+        assert 1e-3 <= trial["params"]["train.lr"] <= 1e-1
+        assert trial["params"]["train.batch_size"] in (16, 32)
+
+
+def test_timeout_stops_starting_trials(tmp_path):
+    spec = spec_file(tmp_path, {"trials": 500, "workers": 1, "timeout": "1s",
+                                "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}})
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert 1 <= summary["counts"]["complete"] < 500
+    assert summary["state"] == "finished"
+
+
+def test_panda_interactive_edit_and_stop(tmp_path):
+    from hpsearch.engine import prepare, run_search, start_run, with_overrides
+    from hpsearch.progress import SilentProgress
+    from hpsearch.spec import load_spec
+
+    path = spec_file(tmp_path, {"mode": "panda", "trials": 5,
+                                "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}})
+    spec = with_overrides(load_spec(path), RunOptions(interactive=True))
+    assert spec.search.panda.interactive
+    data = prepare(spec)
+    run = start_run(spec, data, tmp_path / "runs")
+    answers = iter(["accept", "edit", "accept", "stop"])
+
+    def reviewer(number, values):
+        answer = next(answers)
+        if answer == "edit":
+            return {**values, "train.lr": 0.05}
+        return values if answer == "accept" else None
+
+    summary = run_search(spec, data, run, SilentProgress(), reviewer=reviewer).summary
+    lrs = [t["params"]["train.lr"] for t in summary["trials"]]
+    assert len(lrs) == 2 and lrs[1] == 0.05
+    assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 0}
+
+
+def test_panda_rescue_logs_its_decision(tmp_path):
+    spec = spec_file(tmp_path, {"mode": "panda", "panda": {"rescue": True}, "strategy": "grid",
+                                "space": {"train.lr": {"values": [30.0]}}},
+                     train={"optimizer": "momentum", "epochs": 8})
+    text = spec.read_text().replace("hidden:\n  - 8", "hidden:\n  - 8\n  init: default")
+    spec.write_text(text)
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    lines = (result.run.root / "trials" / "0" / "metrics.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines if '"event"' in line]
+    assert events and events[0]["reason"] == "diverged"
+    assert result.summary["counts"]["complete"] == 1

@@ -154,3 +154,17 @@ def test_every_optimizer_trains(iris_spec, iris_data, optimizer):
     result = train_model(spec, iris_data, seed=0)
     assert result.state == "complete"
     assert math.isfinite(result.metrics["dev_loss"])
+
+
+def test_rescue_rolls_back_and_cuts_lr_once(iris_data):
+    from tests.conftest import make_spec
+
+    spec = make_spec(train={"lr": 30.0, "optimizer": "momentum", "epochs": 15})
+    spec = apply_params(spec, {"model.init": "default"})
+    assert train_model(spec, iris_data, seed=0).reason == "diverged"
+    result = train_model(spec, iris_data, seed=0, rescue=True)
+    events = [r for r in result.history if "event" in r]
+    assert result.state == "complete"
+    assert events == [{"epoch": events[0]["epoch"], "event": "rescue", "reason": "diverged", "lr": 3.0}]
+    after = [r["lr"] for r in result.history if "event" not in r and r["epoch"] > events[0]["epoch"]]
+    assert after and all(lr == pytest.approx(3.0) for lr in after)
