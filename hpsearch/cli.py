@@ -67,6 +67,13 @@ def run(
     resume: Annotated[
         str | None, typer.Option(help="Continue a stopped run: its folder, or 'latest'.")
     ] = None,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(help="Exit 1 when the best trial's METRIC=VALUE is not reached."),
+    ] = None,
+    fail_over: Annotated[
+        list[str] | None, typer.Option(help="Exit 1 when the best trial's METRIC exceeds VALUE.")
+    ] = None,
     interactive: Annotated[
         bool, typer.Option(help="Panda: review each proposal before it runs (terminal only).")
     ] = False,
@@ -77,8 +84,11 @@ def run(
 ) -> None:
     """Run a search (or train one model when the spec has no search section)."""
     from hpsearch.engine import Interrupted, RunOptions, run_spec
+    from hpsearch.gates import failed_gates, parse_gate
     from hpsearch.progress import make_progress
 
+    gates = [parse_gate(g, True) for g in fail_under or []]
+    gates += [parse_gate(g, False) for g in fail_over or []]
     options = RunOptions(
         runs_dir=runs_dir,
         trials=trials,
@@ -101,7 +111,10 @@ def run(
     _print_outcome(result.summary)
     if json_output:
         print(json.dumps(result.summary, indent=2))
-    if result.summary["best"] is None:
+    misses = failed_gates(gates, result.summary)
+    for miss in misses:
+        print(f"gate failed: {miss}", file=sys.stderr)
+    if misses or result.summary["best"] is None:
         raise typer.Exit(EXIT_GATE)
 
 

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.diagnosis import diagnose
 from hpsearch.errors import InputError
-from hpsearch.objective import TrialOutcome, run_trial, score_saved_trial
+from hpsearch.objective import FinalEvaluation, TrialOutcome, evaluate_best, run_trial
 from hpsearch.progress import ProgressSink, Reviewer, SearchStatus, SilentProgress, make_reviewer
 from hpsearch.runs import RunFolder, create_run, read_json, write_json, write_text
 from hpsearch.space import (
@@ -184,7 +184,9 @@ def start_run(spec: Spec, data: Dataset, runs_dir: Path) -> RunFolder:
 # --- summary ----------------------------------------------------------------------------------
 
 
-def diagnosis_for(spec: Spec, data: Dataset, best: TrialOutcome, test: dict) -> dict[str, Any]:
+def diagnosis_for(
+    spec: Spec, data: Dataset, best: TrialOutcome, final: FinalEvaluation
+) -> dict[str, Any]:
     """The bias/variance reading of the best trial, with remedies specific to its settings."""
     trial_spec = apply_params(spec, best.params)
     context = {
@@ -202,9 +204,10 @@ def diagnosis_for(spec: Spec, data: Dataset, best: TrialOutcome, test: dict) -> 
     return diagnose(
         best.metrics["train_error"],
         best.metrics["dev_error"],
-        test_error=test.get("test_error"),
+        test_error=final.test.get("test_error"),
         human_level_error=spec.human_level_error,
         bayes_error=spec.bayes_error,
+        groups=final.groups,
         context=context,
     ).to_dict()
 
@@ -227,8 +230,9 @@ def write_summary(
     best = best_outcome(spec, outcomes)
     test_metrics, diagnosis = None, None
     if best is not None and data is not None:
-        test_metrics = score_saved_trial(spec, data, run, best)
-        diagnosis = diagnosis_for(spec, data, best, test_metrics)
+        final = evaluate_best(spec, data, run, best)
+        test_metrics = final.test
+        diagnosis = diagnosis_for(spec, data, best, final)
     summary = build_summary(
         run, spec, outcomes, state, test_metrics, diagnosis, time.perf_counter() - started
     )

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpsearch.data import Dataset
+from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
 from hpsearch.model import build_mlp
 from hpsearch.runs import RunFolder, append_jsonl, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
-from hpsearch.train import EpochCallback, resolve_device, score_test_split, train_model
+from hpsearch.train import EpochCallback, prefixed, resolve_device, score_split, train_model
 
 
 @dataclass
@@ -97,13 +97,43 @@ def run_trial(
     return outcome
 
 
-def score_saved_trial(spec: Spec, data: Dataset, run: RunFolder, outcome: TrialOutcome) -> dict:
-    """Load a finished trial's weights (weights_only) and score them on the test split."""
-    if len(data.splits["test"]) == 0:
-        return {}
+@dataclass
+class FinalEvaluation:
+    """The best trial scored after the search: test metrics and per-group errors."""
+
+    test: dict[str, float]
+    groups: dict[str, dict[str, float | None]] | None
+
+
+def _group_subset(split: Split, label: str) -> Split:
+    mask = split.group == label
+    weight = None if split.weight is None else split.weight[mask]
+    return Split(split.X[mask], split.y[mask], weight, split.group[mask])
+
+
+def evaluate_best(
+    spec: Spec, data: Dataset, run: RunFolder, outcome: TrialOutcome
+) -> FinalEvaluation:
+    """Load the best trial's weights (weights_only) and score them on the test split, once,
+    and on each group's train and dev rows (data mismatch)."""
     trial_spec = apply_params(spec, outcome.params)
     device = resolve_device(spec.device)
     model = build_mlp(trial_spec.model, data.n_features, data.n_outputs).to(device)
     state = torch.load(run.trial(outcome.number).model, map_location=device, weights_only=True)
     model.load_state_dict(state)
-    return score_test_split(model, trial_spec, data, device)
+    test_split = data.splits["test"]
+    test = prefixed("test", score_split(model, trial_spec, data, test_split, device))
+    groups = None
+    if data.splits["train"].group is not None:
+        labels = sorted({str(g) for split in data.splits.values() for g in split.group})
+        groups = {}
+        for label in labels:
+            errors: dict[str, float | None] = {}
+            for name in ("train", "dev"):
+                subset = _group_subset(data.splits[name], label)
+                metrics = (
+                    score_split(model, trial_spec, data, subset, device) if len(subset) else {}
+                )
+                errors[f"{name}_error"] = metrics.get("error")
+            groups[label] = errors
+    return FinalEvaluation(test, groups)

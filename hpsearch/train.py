@@ -391,9 +391,9 @@ def train_model(
     return result
 
 
-def score_test_split(model: nn.Module, spec: Spec, data: Dataset, device: torch.device) -> dict:
-    """Score the final model on the test split: called once, after the search."""
-    test_split = DeviceSplit.from_split(data.splits["test"], device)
-    return prefixed(
-        "test", evaluate(model, test_split, resolve_loss(spec.train.loss, data.task), data)
-    )
+def score_split(
+    model: nn.Module, spec: Spec, data: Dataset, split: Split, device: torch.device
+) -> dict[str, float]:
+    """All metrics of a trained model on any split (or a subset of one)."""
+    loss = resolve_loss(spec.train.loss, data.task)
+    return evaluate(model, DeviceSplit.from_split(split, device), loss, data)

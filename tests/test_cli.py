@@ -186,3 +186,28 @@ def test_example_configs_validate(tmp_path):
         shutil.copytree(CONFIGS / "data", tmp_path / "data", dirs_exist_ok=True)
         result = invoke("validate", copy)
         assert result.exit_code == 0, f"{path.name}: {result.output}"
+
+
+@pytest.mark.parametrize(
+    ("gate", "code"),
+    [
+        (["--fail-under", "dev_accuracy=0.0"], 0),
+        (["--fail-under", "dev_accuracy=1.01"], 1),
+        (["--fail-over", "dev_error=-0.1"], 1),
+        (["--fail-over", "test_error=100%"], 0),
+    ],
+)
+def test_gates(tmp_path, write_spec, gate, code):
+    result = invoke("run", write_spec(TINY), "--runs-dir", tmp_path, "--quiet", "--json", *gate)
+    assert result.exit_code == code, result.output
+    assert json.loads(result.stdout)["best"] is not None  # everything is written either way
+    if code:
+        assert "gate failed" in result.stderr
+
+
+@pytest.mark.parametrize("gate", ["dev_accuracy", "dev_accuracy=high", "holdout_error=0.1"])
+def test_malformed_gate_exits_2_before_running(tmp_path, write_spec, gate):
+    result = invoke("run", write_spec(TINY), "--runs-dir", tmp_path / "runs", "--fail-under", gate)
+    assert result.exit_code == 2
+    assert "--fail-under" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -246,12 +246,17 @@ def test_resume_refuses_incompatible_changes():
 
 @pytest.mark.parametrize("strategy", ["grid", "random", "evolution", "tpe"])
 def test_every_strategy_on_a_real_spec(tmp_path, strategy):
-    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
-             "train.batch_size": {"choices": [16, 32]}}
+    space = {
+        "train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
+        "train.batch_size": {"choices": [16, 32]},
+    }
     if strategy != "grid":
         del space["train.lr"]["steps"]
-    spec = spec_file(tmp_path, {"strategy": strategy, "trials": 6, "workers": 1,
-                                "population": 3, "space": space}, train={"epochs": 2})
+    spec = spec_file(
+        tmp_path,
+        {"strategy": strategy, "trials": 6, "workers": 1, "population": 3, "space": space},
+        train={"epochs": 2},
+    )
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
     assert summary["counts"]["complete"] == 6
     for trial in summary["trials"]:
@@ -260,8 +265,15 @@ def test_every_strategy_on_a_real_spec(tmp_path, strategy):
 
 
 def test_timeout_stops_starting_trials(tmp_path):
-    spec = spec_file(tmp_path, {"trials": 500, "workers": 1, "timeout": "1s",
-                                "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}})
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 500,
+            "workers": 1,
+            "timeout": "1s",
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
     assert 1 <= summary["counts"]["complete"] < 500
     assert summary["state"] == "finished"
@@ -272,8 +284,14 @@ def test_panda_interactive_edit_and_stop(tmp_path):
     from hpsearch.progress import SilentProgress
     from hpsearch.spec import load_spec
 
-    path = spec_file(tmp_path, {"mode": "panda", "trials": 5,
-                                "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}})
+    path = spec_file(
+        tmp_path,
+        {
+            "mode": "panda",
+            "trials": 5,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
     spec = with_overrides(load_spec(path), RunOptions(interactive=True))
     assert spec.search.panda.interactive
     data = prepare(spec)
@@ -293,9 +311,16 @@ def test_panda_interactive_edit_and_stop(tmp_path):
 
 
 def test_panda_rescue_logs_its_decision(tmp_path):
-    spec = spec_file(tmp_path, {"mode": "panda", "panda": {"rescue": True}, "strategy": "grid",
-                                "space": {"train.lr": {"values": [30.0]}}},
-                     train={"optimizer": "momentum", "epochs": 8})
+    spec = spec_file(
+        tmp_path,
+        {
+            "mode": "panda",
+            "panda": {"rescue": True},
+            "strategy": "grid",
+            "space": {"train.lr": {"values": [30.0]}},
+        },
+        train={"optimizer": "momentum", "epochs": 8},
+    )
     text = spec.read_text().replace("hidden:\n  - 8", "hidden:\n  - 8\n  init: default")
     spec.write_text(text)
     result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
@@ -303,3 +328,37 @@ def test_panda_rescue_logs_its_decision(tmp_path):
     events = [json.loads(line) for line in lines if '"event"' in line]
     assert events and events[0]["reason"] == "diverged"
     assert result.summary["counts"]["complete"] == 1
+
+
+def test_group_mismatch_is_flagged(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=(n, 3))
+    group = np.where(np.arange(n) % 3 == 0, "hard", "easy")
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    flip = (group == "hard") & (rng.random(n) < 0.35)  # one distribution is much noisier
+    y[flip] = 1 - y[flip]
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(source=group, y=y)
+    frame.to_csv(tmp_path / "mixed.csv", index=False)
+    spec = tmp_path / "m.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "mixed",
+                "device": "cpu",
+                "data": {"source": "mixed.csv", "target": "y", "group": "source"},
+                "model": {"hidden": [16]},
+                "train": {"epochs": 30, "lr": 0.01},
+                "human_level_error": 0.0,
+            }
+        )
+    )
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    groups = summary["diagnosis"]["groups"]
+    assert set(groups) == {"easy", "hard"}
+    assert groups["hard"]["dev_error"] > groups["easy"]["dev_error"] + 0.1
+    assert summary["diagnosis"]["mismatch"] is True
+    assert any("distribution" in r or "group" in r for r in summary["diagnosis"]["recommendations"])
