@@ -165,6 +165,10 @@ def test_rescue_rolls_back_and_cuts_lr_once(iris_data):
     result = train_model(spec, iris_data, seed=0, rescue=True)
     events = [r for r in result.history if "event" in r]
     assert result.state == "complete"
-    assert events == [{"epoch": events[0]["epoch"], "event": "rescue", "reason": "diverged", "lr": 3.0}]
-    after = [r["lr"] for r in result.history if "event" not in r and r["epoch"] > events[0]["epoch"]]
+    assert events == [
+        {"epoch": events[0]["epoch"], "event": "rescue", "reason": "diverged", "lr": 3.0}
+    ]
+    after = [
+        r["lr"] for r in result.history if "event" not in r and r["epoch"] > events[0]["epoch"]
+    ]
     assert after and all(lr == pytest.approx(3.0) for lr in after)
