@@ -362,3 +362,30 @@ def test_group_mismatch_is_flagged(tmp_path):
     assert groups["hard"]["dev_error"] > groups["easy"]["dev_error"] + 0.1
     assert summary["diagnosis"]["mismatch"] is True
     assert any("distribution" in r or "group" in r for r in summary["diagnosis"]["recommendations"])
+
+
+def test_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
+    spec = spec_file(
+        tmp_path, {**SLOW_SEARCH, "trials": 4}, train={"epochs": 60, "early_stopping": None}
+    )
+    runs = tmp_path / "runs"
+    proc = _cli("run", str(spec), "--runs-dir", str(runs))
+
+    def running_worker_pid():
+        runs_found = list(runs.glob("*/study.log"))
+        if not runs_found:
+            return None
+        for trial in study_trials(runs_found[0].parent):
+            if trial.state.name == "RUNNING" and "worker_pid" in trial.user_attrs:
+                return trial.user_attrs["worker_pid"]
+        return None
+
+    assert _wait_for(lambda: running_worker_pid() is not None)
+    os.kill(running_worker_pid(), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    run = next(runs.iterdir())
+    assert "RUNNING" not in states(run)
+    summary = read_json(run / "summary.json")
+    assert summary["failure_reasons"].get("interrupted", 0) >= 1
+    assert summary["counts"]["complete"] >= 1
