@@ -61,6 +61,10 @@ def run(
     storage: Annotated[
         str | None, typer.Option(help="Database URL for the study (default: a journal file).")
     ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name in --storage; processes naming the same study share it."),
+    ] = None,
     runs_dir: Annotated[
         Path, typer.Option("--runs-dir", help="Parent folder of run folders.")
     ] = Path("runs"),
@@ -99,6 +103,7 @@ def run(
         storage=storage,
         resume=resume,
         interactive=interactive,
+        study=study,
     )
     try:
         result = run_spec(spec, options, make_progress(quiet))
@@ -116,6 +121,39 @@ def run(
         print(f"gate failed: {miss}", file=sys.stderr)
     if misses or result.summary["best"] is None:
         raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+@user_errors
+def worker(
+    storage: Annotated[str, typer.Option(help="The study's database URL.")],
+    study: Annotated[str, typer.Option(help="The study's name (printed by `hpsearch run`).")],
+    workers: Annotated[int | None, typer.Option(help="Processes on this machine.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="This machine's copy of the data file, if elsewhere.")
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where this machine writes trial folders.")
+    ] = Path("runs"),
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the next round before leaving.")
+    ] = 60.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Join a study in a database from this (or another) machine and work on its trials."""
+    from hpsearch.engine import Interrupted, join_study
+    from hpsearch.progress import make_progress
+
+    progress = make_progress(quiet)
+    try:
+        result = join_study(storage, study, runs_dir, progress, workers, device, data, wait)
+    except Interrupted:
+        print(f"interrupted: finished trials are kept in the study '{study}'", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        progress.close()
+    _print_outcome(result.summary)
 
 
 def _print_outcome(summary: dict[str, Any]) -> None:

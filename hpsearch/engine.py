@@ -7,15 +7,13 @@ the test split once, and write summary.json (rewritten as trials finish).
 
 from __future__ import annotations
 
-import fcntl
 import multiprocessing
 import os
 import platform
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 
 import optuna
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from hpsearch.data import Dataset, load_dataset
@@ -59,14 +58,24 @@ from hpsearch.strategies import (
     round_budgets,
     tighten,
 )
+from hpsearch.study import (
+    OUTCOME_ATTR,
+    budget_lock,
+    budget_used,
+    fail_stale,
+    heartbeat,
+    is_database,
+    load_existing_study,
+    open_storage,
+    study_outcomes,
+    tell_outcome,
+)
 from hpsearch.summary import best_outcome, build_summary
 from hpsearch.train import check_objective_metric, resolve_device, resolve_loss
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-COUNTED = (*FINISHED, TrialState.RUNNING)
 ROUNDS_FILE = "rounds.json"
+# Study attributes: what a worker joining from another machine needs, and how far the run is.
+SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR, STATE_ATTR = "spec", "fingerprint", "rounds", "state"
 
 
 class Interrupted(Exception):
@@ -91,6 +100,7 @@ class RunOptions:
     storage: str | None = None
     resume: str | None = None
     interactive: bool = False
+    study: str | None = None
 
 
 @dataclass
@@ -213,7 +223,7 @@ def diagnosis_for(
 
 
 def collect_outcomes(run: RunFolder) -> list[TrialOutcome]:
-    """Every trial that wrote its result.json (finished trials, in any process)."""
+    """Every trial of a run folder that wrote its result.json."""
     outcomes = []
     for number in run.trial_numbers():
         path = run.trial(number).result
@@ -223,14 +233,21 @@ def collect_outcomes(run: RunFolder) -> list[TrialOutcome]:
 
 
 def write_summary(
-    run: RunFolder, spec: Spec, state: str, started: float, data: Dataset | None = None
+    run: RunFolder,
+    spec: Spec,
+    outcomes: list[TrialOutcome],
+    state: str,
+    started: float,
+    data: Dataset | None = None,
 ) -> dict[str, Any]:
     """Rewrite summary.json; with `data`, score the best trial on test and diagnose it."""
-    outcomes = collect_outcomes(run)
     best = best_outcome(spec, outcomes)
     test_metrics, diagnosis = None, None
     if best is not None and data is not None:
-        final = evaluate_best(spec, data, run, best)
+        if run.trial(best.number).model.exists():
+            final = evaluate_best(spec, data, run, best)
+        else:  # trained on another machine whose runs dir is not shared
+            final = FinalEvaluation({}, None)
         test_metrics = final.test
         diagnosis = diagnosis_for(spec, data, best, final)
     summary = build_summary(
@@ -243,62 +260,8 @@ def write_summary(
 # --- one trial inside a study -----------------------------------------------------------------
 
 
-def open_storage(run: RunFolder, spec: Spec) -> optuna.storages.BaseStorage:
-    """The journal file in the run folder, or the database the spec names."""
-    if spec.storage is None:
-        return optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(run.study_log))
-        )
-    try:
-        return optuna.storages.RDBStorage(spec.storage)
-    except Exception as exc:  # driver missing, server down, bad credentials
-        raise InputError(
-            f"storage: cannot open {mask_url(spec.storage)}: {_without_url(exc, spec.storage)}"
-        ) from None
-
-
-def _without_url(exc: Exception, url: str) -> str:
-    """An exception's first line, with the URL (and its password) masked."""
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace(url, mask_url(url))
-
-
-def open_study(run: RunFolder, spec: Spec, sampler: optuna.samplers.BaseSampler | None = None):
-    assert spec.search is not None
-    return optuna.create_study(
-        storage=open_storage(run, spec),
-        sampler=sampler,
-        pruner=make_pruner(spec.search),
-        study_name=run.name,  # unique per run, also in a database shared by many runs
-        direction=spec.objective.resolved_direction,
-        load_if_exists=True,
-    )
-
-
-@contextmanager
-def ask_lock(run: RunFolder) -> Iterator[None]:
-    """Serialize "count trials, then ask" across workers so the budget is never overshot."""
-    with (run.root / ".ask.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def stop_requested(run: RunFolder) -> bool:
     return (run.root / ".stop").exists()
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-    if outcome.reason:
-        trial.set_user_attr("reason", outcome.reason)
-    if outcome.state == "complete" and outcome.value is not None:
-        study.tell(trial, outcome.value)
-    elif outcome.state == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
 
 
 def _epoch_callback(trial: optuna.Trial, spec: Spec, progress: ProgressSink, prune: bool):
@@ -314,15 +277,17 @@ def _epoch_callback(trial: optuna.Trial, spec: Spec, progress: ProgressSink, pru
     return on_epoch
 
 
-def _mark_interrupted(run: RunFolder, number: int, params: dict[str, Any], seed: int = 0) -> None:
+def _interrupted(run: RunFolder, number: int, params: dict[str, Any]) -> TrialOutcome:
     """A trial cut short by Ctrl-C or a dead worker: failed, reason 'interrupted'."""
-    outcome = TrialOutcome(number, "failed", "interrupted", params, seed)
     path = run.trial(number).result
     if path.exists():
         previous = read_json(path)
-        if previous.get("state") != "failed" or previous.get("reason") != "interrupted":
-            outcome = TrialOutcome(**{**previous, "state": "failed", "reason": "interrupted"})
-    write_json(path, outcome.to_json())
+        outcome = TrialOutcome(**{**previous, "state": "failed", "reason": "interrupted"})
+    else:
+        outcome = TrialOutcome(number, "failed", "interrupted", params, seed=0)
+    if run.trial(number).root.exists():
+        write_json(path, outcome.to_json())
+    return outcome
 
 
 @dataclass
@@ -332,8 +297,9 @@ class WorkerTask:
     spec: Spec
     data: Dataset
     run_root: Path
+    study_name: str
     params: list[Param]
-    target: int  # stop once this many trials (finished or running) exist
+    target: int  # stop once this many trials count against the budget
     seed: int
     threads: int | None = None
     deadline: float | None = None  # time.time() after which no new trial starts
@@ -348,17 +314,25 @@ def trial_loop(
 ) -> None:
     """Ask for trials until the round's target is reached; train and tell each one."""
     run = RunFolder(task.run_root)
-    study = open_study(run, task.spec, make_sampler(task.spec.search, task.seed))
+    storage = open_storage(task.spec.storage, run.study_log)
+    study = optuna.load_study(
+        study_name=task.study_name,
+        storage=storage,
+        sampler=make_sampler(task.spec.search, task.seed),
+        pruner=make_pruner(task.spec.search),
+    )
     prune = task.spec.search.pruner != "none"
+    rescue = task.spec.search.mode == "panda" and task.spec.search.panda.rescue
     while True:
         if stop_requested(run) or (task.deadline and time.time() >= task.deadline):
             return
-        with ask_lock(run):
-            counted = len(study.get_trials(deepcopy=False, states=COUNTED))
-            if counted >= task.target:
+        with budget_lock(storage, task.study_name, run.root):
+            fail_stale(study, storage)
+            if budget_used(study) >= task.target:
                 return
             trial = study.ask()
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("worker_host", platform.node())
         values = suggest(trial, task.params, task.spec)
         if task.review is not None:
             reviewed = task.review(trial.number, values)
@@ -375,22 +349,21 @@ def trial_loop(
                 continue
         progress.trial_started(trial.number, values, apply_params(task.spec, values).train.epochs)
         try:
-            outcome = run_trial(
-                task.spec,
-                task.data,
-                run,
-                trial.number,
-                values,
-                on_epoch=_epoch_callback(trial, task.spec, progress, prune),
-                rescue=task.spec.search.mode == "panda" and task.spec.search.panda.rescue,
-            )
+            with heartbeat(storage, trial):
+                outcome = run_trial(
+                    task.spec,
+                    task.data,
+                    run,
+                    trial.number,
+                    values,
+                    on_epoch=_epoch_callback(trial, task.spec, progress, prune),
+                    rescue=rescue,
+                )
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _mark_interrupted(run, trial.number, values)
-            trial.set_user_attr("reason", "interrupted")
-            study.tell(trial, state=TrialState.FAIL)
+            tell_outcome(study, trial, _interrupted(run, trial.number, values))
             raise
-        _tell(study, trial, outcome)
+        tell_outcome(study, trial, outcome)
         if on_finished is not None:
             on_finished(outcome)
 
@@ -408,6 +381,12 @@ def _worker_main(task: WorkerTask) -> None:
 # --- rounds, modes, resume --------------------------------------------------------------------
 
 
+def cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def worker_count(search: SearchSpec, device: torch.device) -> int:
     if search.mode == "panda":
         return 1
@@ -415,15 +394,7 @@ def worker_count(search: SearchSpec, device: torch.device) -> int:
         return int(search.workers)
     if device.type == "cuda":
         return max(1, torch.cuda.device_count())
-    return max(
-        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-
-
-def cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return cores()
 
 
 def _finished_points(study: optuna.Study) -> list[tuple[dict[str, Any], float]]:
@@ -436,11 +407,18 @@ def _finished_points(study: optuna.Study) -> list[tuple[dict[str, Any], float]]:
 
 def _decode_points(params: list[Param], points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_path = {p.path: p for p in params}
-    return [{k: by_path[k].decode(v) for k, v in pt.items() if k in by_path} for pt in points]
+    return [
+        {k: by_path[k].decode(v) if k in by_path else v for k, v in pt.items()} for pt in points
+    ]
 
 
 class Search:
-    """One search over a run folder: rounds of trials until the budget or time runs out."""
+    """One search over a study: rounds of trials until the budget or time runs out.
+
+    The process that created the study plans the rounds (`execute`); processes that join it
+    (`hpsearch worker`, or a second `run` naming the same study) work through the rounds the
+    planner records in the study (`join`).
+    """
 
     def __init__(
         self,
@@ -448,23 +426,40 @@ class Search:
         data: Dataset,
         run: RunFolder,
         progress: ProgressSink,
+        study_name: str,
         reviewer: Reviewer | None = None,
+        workers: int | None = None,
     ):
         assert spec.search is not None
-        self.reviewer = reviewer
         self.spec = spec
         self.search: SearchSpec = spec.search
         self.data = data
         self.run = run
         self.progress = progress
+        self.reviewer = reviewer
+        self.study_name = study_name
         self.params = parse_space(spec)
         self.device = resolve_device(spec.device)
-        self.workers = worker_count(self.search, self.device)
+        self.workers = workers or worker_count(self.search, self.device)
         self.started = time.perf_counter()
         timeout = self.search.timeout
         self.deadline = time.time() + parse_duration(timeout) if timeout else None
-        self.study = open_study(run, spec, make_sampler(self.search, spec.seed))
-        self.reported: set[int] = {o.number for o in collect_outcomes(run)}
+        self.storage = open_storage(spec.storage, run.study_log)
+        self.study = optuna.create_study(
+            storage=self.storage,
+            sampler=make_sampler(self.search, spec.seed),
+            pruner=make_pruner(self.search),
+            study_name=study_name,
+            direction=spec.objective.resolved_direction,
+            load_if_exists=True,
+        )
+        self.reported: set[int] = {o.number for o in self.outcomes()}
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        return _decode_points(self.params, [params])[0]
+
+    def outcomes(self) -> list[TrialOutcome]:
+        return study_outcomes(self.study, self.decode)
 
     # rounds: round 0 searches the whole space, each refine round a tightened one
     def rounds(self) -> int:
@@ -476,11 +471,14 @@ class Search:
         return round_budgets(self.search.trials or DEFAULT_TRIALS, self.rounds())
 
     def load_rounds(self) -> list[dict[str, Any]]:
-        path = self.run.root / ROUNDS_FILE
-        return read_json(path) if path.exists() else []
+        return list(self.study.user_attrs.get(ROUNDS_ATTR, []))
+
+    def save_rounds(self, rounds: list[dict[str, Any]]) -> None:
+        self.study.set_user_attr(ROUNDS_ATTR, rounds)
+        write_json(self.run.root / ROUNDS_FILE, rounds)
 
     def plan_round(self, index: int, previous: list[dict[str, Any]]) -> tuple[list[Param], int]:
-        """The space and cumulative trial target of round `index`, recorded in rounds.json."""
+        """The space and cumulative trial target of round `index`, recorded in the study."""
         if index < len(previous):
             return self._space_from_record(previous[index]), previous[index]["target"]
         params = self.params
@@ -491,7 +489,7 @@ class Search:
             params = tighten(
                 self._space_from_record(previous[-1]), _decode_points(self.params, best)
             )
-        start = len(self.study.get_trials(deepcopy=False, states=COUNTED))
+        start = budget_used(self.study)
         if self.search.strategy == "grid":
             points = grid_points(params, self.spec)
             if self.search.trials and index == 0:
@@ -501,8 +499,9 @@ class Search:
             target = start + len(points)
         else:
             target = start + self.budgets()[index]
-        record = {"round": index, "target": target, "space": describe_space(params)}
-        write_json(self.run.root / ROUNDS_FILE, [*previous, record])
+        self.save_rounds(
+            [*previous, {"round": index, "target": target, "space": describe_space(params)}]
+        )
         return params, target
 
     def _space_from_record(self, record: dict[str, Any]) -> list[Param]:
@@ -510,36 +509,76 @@ class Search:
         out = []
         for path, raw in record["space"].items():
             base = by_path[path]
-            out.append(
-                Param(path, ParamSpec.model_validate({**raw, "when": base.spec.when}), base.kind)
-            )
+            spec = ParamSpec.model_validate({**raw, "when": base.spec.when})
+            out.append(Param(path, spec, base.kind))
         return out
 
+    def out_of_time(self) -> bool:
+        return stop_requested(self.run) or bool(self.deadline and time.time() >= self.deadline)
+
     def execute(self) -> str:
-        """Run every round; returns the final state (finished | stopped)."""
+        """Plan and run every round; returns the final state."""
         for index in range(self.rounds()):
-            previous = self.load_rounds()
-            params, target = self.plan_round(index, previous)
+            params, target = self.plan_round(index, self.load_rounds())
             self.run_round(params, target, index)
-            if stop_requested(self.run) or (self.deadline and time.time() >= self.deadline):
-                return "finished"
+            self.wait_for_running()
+            if self.out_of_time():
+                break
         return "finished"
+
+    def join(self, patience: float = 60.0) -> str:
+        """Work on the rounds another process plans, until it says the study is finished."""
+        done: set[int] = set()
+        idle_since = time.time()
+        while not self.out_of_time():
+            rounds = self.load_rounds()
+            fresh = [r for r in rounds if r["round"] not in done]
+            for record in fresh:
+                self.run_round(self._space_from_record(record), record["target"], record["round"])
+                done.add(record["round"])
+                idle_since = time.time()
+            if self.study.user_attrs.get(STATE_ATTR) in ("finished", "interrupted"):
+                return "finished"
+            if not fresh and time.time() - idle_since > patience:
+                return "finished"  # the planner is gone or slow; the trials stay in the study
+            time.sleep(1.0)
+        return "finished"
+
+    def wait_for_running(self) -> None:
+        """Trials still running elsewhere finish (or lose their heartbeat) before we go on."""
+        while self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_stale(self.study, self.storage)
+            if not is_database(self.storage):
+                self.fail_all_running()  # one machine: our workers have all exited
+                return
+            self.report_new()
+            time.sleep(1.0)
 
     def task(self, params: list[Param], target: int, worker: int, round_index: int) -> WorkerTask:
         threads = max(1, cores() // self.workers) if self.search.mode == "caviar" else None
-        seed = self.spec.seed * 1009 + round_index * 101 + worker
-        return WorkerTask(
-            self.spec, self.data, self.run.root, params, target, seed, threads, self.deadline
+        # every worker (and round) samples from its own stream, or they would propose alike
+        seed = (
+            self.spec.seed * 1009
+            + round_index * 101
+            + worker
+            + os.getpid() * 7919 * (1 if is_database(self.storage) else 0)
         )
-
-    def in_process_task(self, params: list[Param], target: int, round_index: int) -> WorkerTask:
-        task = self.task(params, target, 0, round_index)
-        task.review = self.reviewer if self.search.mode == "panda" else None
-        return task
+        return WorkerTask(
+            self.spec,
+            self.data,
+            self.run.root,
+            self.study_name,
+            params,
+            target,
+            seed,
+            threads,
+            self.deadline,
+        )
 
     def run_round(self, params: list[Param], target: int, round_index: int) -> None:
         if self.search.mode == "panda" or self.workers == 1:
-            task = self.in_process_task(params, target, round_index)
+            task = self.task(params, target, 0, round_index)
+            task.review = self.reviewer if self.search.mode == "panda" else None
             trial_loop(task, self.progress, lambda _: self.report_new())
             return
         context = multiprocessing.get_context("spawn")
@@ -560,13 +599,14 @@ class Search:
             raise
 
     def watch(self, processes: list) -> None:
-        """Poll the run while workers train: report finished trials, rewrite the summary."""
+        """Poll the study while workers train: report finished trials, rewrite the summary."""
+        noted: set[int] = set()
         while True:
             alive = [p for p in processes if p.is_alive()]
             self.report_new()
             for process in processes:
-                if process.exitcode not in (None, 0) and not getattr(process, "_noted", False):
-                    process._noted = True
+                if process.exitcode not in (None, 0) and process.pid not in noted:
+                    noted.add(process.pid)
                     self.fail_running_of(process.pid)
             if not alive:
                 self.report_new()
@@ -575,16 +615,17 @@ class Search:
 
     def report_new(self) -> None:
         """Show trials that finished since the last look, and rewrite summary.json."""
-        outcomes = collect_outcomes(self.run)
-        fresh = [o for o in outcomes if o.number not in self.reported]
+        outcomes = self.outcomes()
+        fresh = sorted(
+            (o for o in outcomes if o.number not in self.reported), key=lambda o: o.number
+        )
         if not fresh:
             return
-        fresh.sort(key=lambda o: o.number)
         for outcome in fresh:
             self.reported.add(outcome.number)
             last = outcome is fresh[-1]
             self.progress.trial_finished(outcome, self.status(outcomes) if last else None)
-        write_summary(self.run, self.spec, "running", self.started)
+        write_summary(self.run, self.spec, outcomes, "running", self.started)
 
     def status(self, outcomes: list[TrialOutcome]) -> SearchStatus:
         best = best_outcome(self.spec, outcomes)
@@ -606,14 +647,18 @@ class Search:
             return rounds[-1]["target"] if rounds else None
         return self.search.trials or DEFAULT_TRIALS
 
+    def _fail(self, trial: optuna.trial.FrozenTrial) -> None:
+        outcome = _interrupted(self.run, trial.number, self.decode(trial.params))
+        live = optuna.trial.Trial(self.study, trial._trial_id)  # noqa: SLF001
+        live.set_user_attr(OUTCOME_ATTR, outcome.to_json())
+        self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
     def fail_running_of(self, pid: int) -> None:
         """A worker died mid-trial: its trial is failed now, not left RUNNING."""
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker_pid") == pid:
-                _mark_interrupted(
-                    self.run, trial.number, _decode_points(self.params, [trial.params])[0]
-                )
-                self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            same_host = trial.user_attrs.get("worker_host", platform.node()) == platform.node()
+            if trial.user_attrs.get("worker_pid") == pid and same_host:
+                self._fail(trial)
 
     def stop_workers(self, processes: list) -> None:
         """Ctrl-C: let workers mark their trials interrupted (5 s), then end them."""
@@ -627,23 +672,29 @@ class Search:
                 process.kill()
                 process.join()
 
-    def recover(self) -> int:
-        """Resume: trials left RUNNING by dead processes are failed and retried once."""
-        retried = 0
+    def recover(self) -> None:
+        """Resume: trials left RUNNING by dead processes are failed and retried once.
+
+        In a database, only trials whose heartbeat stopped count as dead (others may be
+        training on another machine right now)."""
+        if is_database(self.storage):
+            fail_stale(self.study, self.storage)
+            return
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            params = _decode_points(self.params, [trial.params])[0]
-            _mark_interrupted(self.run, trial.number, params)
-            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            self._fail(trial)
             if "retry_of" not in trial.user_attrs:
                 self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-                retried += 1
-        return retried
 
     def fail_all_running(self) -> None:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            params = _decode_points(self.params, [trial.params])[0]
-            _mark_interrupted(self.run, trial.number, params)
-            self.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            same_host = trial.user_attrs.get("worker_host", platform.node()) == platform.node()
+            if same_host:
+                self._fail(trial)
+
+    def finish(self, state: str) -> dict[str, Any]:
+        self.study.set_user_attr(STATE_ATTR, state)
+        data = self.data if state == "finished" else None
+        return write_summary(self.run, self.spec, self.outcomes(), state, self.started, data)
 
 
 # --- resume compatibility ---------------------------------------------------------------------
@@ -716,7 +767,25 @@ def run_single(spec: Spec, data: Dataset, runs_dir: Path, progress: ProgressSink
     progress.trial_started(0, {}, spec.train.epochs)
     outcome = run_trial(spec, data, run, 0, {}, on_epoch=_watch(progress, 0))
     progress.trial_finished(outcome)
-    return RunResult(run, write_summary(run, spec, "finished", started, data))
+    return RunResult(run, write_summary(run, spec, [outcome], "finished", started, data))
+
+
+def _drive(search: Search, work: Callable[[], str]) -> RunResult:
+    """Run `work` (plan or join rounds); on Ctrl-C, fail what runs and keep what finished."""
+    try:
+        state = work()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C ends at once
+        (search.run.root / ".stop").touch()
+        search.fail_all_running()
+        raise Interrupted(search.run, search.finish("interrupted")) from None
+    return RunResult(search.run, search.finish(state))
+
+
+def _publish(study: optuna.Study, spec: Spec, data: Dataset) -> None:
+    """What a worker on another machine needs: the spec (password masked) and data fingerprint."""
+    study.set_user_attr(SPEC_ATTR, spec_to_yaml(masked(spec)))
+    study.set_user_attr(FINGERPRINT_ATTR, data.fingerprint)
 
 
 def run_search(
@@ -726,20 +795,83 @@ def run_search(
     progress: ProgressSink,
     resuming: bool = False,
     reviewer: Reviewer | None = None,
+    study_name: str | None = None,
 ) -> RunResult:
-    search = Search(spec, data, run, progress, reviewer)
+    search = Search(spec, data, run, progress, study_name or run.name, reviewer)
     if resuming:
         search.recover()
         (run.root / ".stop").unlink(missing_ok=True)
+        search.study.set_user_attr(STATE_ATTR, "running")
+    elif SPEC_ATTR not in search.study.user_attrs:
+        _publish(search.study, spec, data)
+    if spec.storage is not None:
+        print(
+            f"study '{search.study_name}' in {mask_url(spec.storage)}; more machines can join: "
+            f"hpsearch worker --storage URL --study {search.study_name}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return _drive(search, search.execute)
+
+
+def claim_study(spec: Spec, name: str) -> bool:
+    """Create study `name` in the spec's database; False when another process already did.
+
+    The database's unique study name makes this race-free: of many processes starting at
+    once, exactly one creates the study and plans its rounds, the others join it.
+    """
+    storage = open_storage(spec.storage, Path(os.devnull))
     try:
-        state = search.execute()
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, lambda *_: os._exit(130))  # a second Ctrl-C ends at once
-        (run.root / ".stop").touch()
-        search.fail_all_running()
-        summary = write_summary(run, spec, "interrupted", search.started)
-        raise Interrupted(run, summary) from None
-    return RunResult(run, write_summary(run, spec, state, search.started, data))
+        optuna.create_study(
+            storage=storage, study_name=name, direction=spec.objective.resolved_direction
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        return False
+    return True
+
+
+def join_study(
+    url: str,
+    study_name: str,
+    runs_dir: Path,
+    progress: ProgressSink,
+    workers: int | None = None,
+    device: str | None = None,
+    data_path: Path | None = None,
+    wait: float = 60.0,
+) -> RunResult:
+    """`hpsearch worker`: join a study in a database with nothing but its URL and name."""
+    probe_storage(url)
+    storage = open_storage(url, Path(os.devnull))
+    study = load_existing_study(storage, study_name, wait)
+    deadline = time.time() + wait
+    while SPEC_ATTR not in study.user_attrs or ROUNDS_ATTR not in study.user_attrs:
+        if time.time() > deadline:  # created, but its planner never published the spec
+            raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
+        time.sleep(0.5)
+        study = load_existing_study(storage, study_name)
+    raw = yaml.safe_load(study.user_attrs[SPEC_ATTR])
+    update: dict[str, Any] = {"storage": url}
+    if device is not None:
+        update["device"] = device
+    spec = spec_from_dict({**raw, **update}, source=f"study {study_name}")
+    if data_path is not None:
+        data_spec = spec.data.model_copy(update={"source": str(data_path.resolve())})
+        spec = spec.model_copy(update={"data": data_spec})
+    data = prepare(spec)
+    if data.fingerprint != study.user_attrs[FINGERPRINT_ATTR]:
+        raise InputError(
+            f"data: this machine's copy of {spec.data.source} differs from the study's "
+            "(fingerprints do not match); give the same file with --data"
+        )
+    run = RunFolder(runs_dir / study_name)
+    if not run.spec.exists():
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text(run.spec, spec_to_yaml(masked(spec)))
+        write_json(run.env, environment(spec, resolve_device(spec.device)))
+        write_json(run.split, data.split_info)
+    search = Search(spec, data, run, progress, study_name, workers=workers)
+    return _drive(search, lambda: search.join(wait))
 
 
 def reviewer_for(spec: Spec) -> Reviewer | None:
@@ -753,6 +885,24 @@ def reviewer_for(spec: Spec) -> Reviewer | None:
     return make_reviewer(parse_space(spec), spec)
 
 
+def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResult:
+    run = find_run(options.runs_dir, options.resume)
+    old = load_spec(run.spec)
+    if old.storage and options.storage is None:
+        if "***" in old.storage:
+            raise InputError(
+                f"--resume: this run's study is in {old.storage}; pass --storage with "
+                "the full URL again (passwords are never written to the run folder)"
+            )
+        spec = spec.model_copy(update={"storage": old.storage})
+    for warning in check_resume_compatible(old, spec):
+        print(f"warning: {warning}", file=sys.stderr)
+    data = prepare(spec)
+    write_text(run.spec, spec_to_yaml(masked(spec)))
+    name = read_json(run.summary).get("study") if run.summary.exists() else None
+    return run_search(spec, data, run, progress, True, reviewer_for(spec), name or run.name)
+
+
 def run_spec(
     spec_path: Path, options: RunOptions, progress: ProgressSink | None = None
 ) -> RunResult:
@@ -761,24 +911,22 @@ def run_spec(
     spec = with_overrides(load_spec(spec_path), options)
     try:
         if options.resume is not None:
-            run = find_run(options.runs_dir, options.resume)
-            old = load_spec(run.spec)
-            if old.storage and options.storage is None:
-                if "***" in old.storage:
-                    raise InputError(
-                        f"--resume: this run's study is in {old.storage}; pass --storage with "
-                        "the full URL again (passwords are never written to the run folder)"
-                    )
-                spec = spec.model_copy(update={"storage": old.storage})
-            for warning in check_resume_compatible(old, spec):
-                print(f"warning: {warning}", file=sys.stderr)
-            data = prepare(spec)
-            write_text(run.spec, spec_to_yaml(masked(spec)))
-            return run_search(spec, data, run, progress, True, reviewer_for(spec))
+            return _resume(spec, options, progress)
         data = prepare(spec)
         if spec.search is None:
+            if options.study:
+                raise InputError("--study: the spec has no search section")
             return run_single(spec, data, options.runs_dir, progress)
+        if options.study and spec.storage is None:
+            raise InputError("--study: naming a study needs a database --storage")
+        if options.study and not claim_study(spec, options.study):
+            # another process created it first: work on it as one more worker
+            return join_study(
+                spec.storage, options.study, options.runs_dir, progress, options.workers
+            )
         run = start_run(spec, data, options.runs_dir)
-        return run_search(spec, data, run, progress, reviewer=reviewer_for(spec))
+        return run_search(
+            spec, data, run, progress, reviewer=reviewer_for(spec), study_name=options.study
+        )
     finally:
         progress.close()

@@ -1,0 +1,191 @@
+"""Many workers, one study in a real PostgreSQL server (created and dropped per test)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+pytestmark = pytest.mark.postgres
+
+SERVER = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def database():
+    """A fresh database for one test; skipped without a server unless CI requires one."""
+    psycopg = pytest.importorskip("psycopg")
+    admin = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    name = f"hpsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        connection = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("HPSEARCH_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here but unreachable: {exc}")
+        pytest.skip(f"no PostgreSQL server at {admin} ({exc.__class__.__name__})")
+    with connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{SERVER}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def spec_file(tmp_path: Path, search: dict, epochs: int = 40) -> Path:
+    raw = {
+        "name": "dist",
+        "seed": 0,
+        "device": "cpu",
+        "data": {"source": "sklearn:digits"},
+        "model": {"hidden": [32]},
+        "train": {"epochs": epochs, "early_stopping": None},
+        "search": search,
+    }
+    path = tmp_path / "dist.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def hpsearch(*args, env=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # one thread per process: several share this machine's cores
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        **kwargs,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return err
+
+
+def trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=url).trials
+
+
+GRID_12 = {
+    "strategy": "grid",
+    "workers": 1,
+    "space": {
+        "train.lr": {"low": 1e-3, "high": 1e-2, "log": True, "steps": 4},
+        "train.batch_size": {"choices": [32, 64, 128]},
+    },
+}
+
+
+def test_three_workers_share_a_twelve_trial_grid(tmp_path, database):
+    spec = spec_file(tmp_path, GRID_12)
+    run = hpsearch(
+        "run", spec, "--storage", database, "--study", "grid12", "--runs-dir", tmp_path / "a"
+    )
+    workers = [
+        hpsearch(
+            "worker", "--storage", database, "--study", "grid12", "--runs-dir", tmp_path / f"w{i}"
+        )
+        for i in range(3)
+    ]
+    finish(run)
+    for worker in workers:
+        finish(worker)
+    done = trials(database, "grid12")
+    assert len(done) == 12
+    assert all(t.state.name == "COMPLETE" for t in done)
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == 12
+    machines = {(t.user_attrs["worker_host"], t.user_attrs["worker_pid"]) for t in done}
+    assert len(machines) >= 2  # the workers really took trials
+
+
+def test_killed_worker_is_failed_by_heartbeat_and_retried(tmp_path, database):
+    spec = spec_file(
+        tmp_path,
+        {**GRID_12, "space": {"train.lr": {"values": [1e-3, 2e-3, 3e-3, 4e-3]}}},
+        epochs=150,
+    )
+    fast_heartbeat = {"HPSEARCH_HEARTBEAT_SECONDS": "1"}
+    run = hpsearch(
+        "run",
+        spec,
+        "--storage",
+        database,
+        "--study",
+        "kill",
+        "--runs-dir",
+        tmp_path / "a",
+        env=fast_heartbeat,
+    )
+    victim = hpsearch(
+        "worker",
+        "--storage",
+        database,
+        "--study",
+        "kill",
+        "--runs-dir",
+        tmp_path / "v",
+        env=fast_heartbeat,
+    )
+
+    def victim_trial():
+        try:
+            current = trials(database, "kill")
+        except KeyError:
+            return None
+        running = [
+            t
+            for t in current
+            if t.state.name == "RUNNING" and t.user_attrs.get("worker_pid") == victim.pid
+        ]
+        return running[0].number if running else None
+
+    deadline = time.time() + 120
+    while victim_trial() is None:
+        assert time.time() < deadline, "the worker never started a trial"
+        time.sleep(0.2)
+    killed = victim_trial()
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    finish(run)
+    done = trials(database, "kill")
+    by_number = {t.number: t for t in done}
+    assert by_number[killed].state.name == "FAIL"
+    retried = [
+        optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in done
+    ]
+    assert killed in retried
+    assert not [t for t in done if t.state.name == "RUNNING"]
+    assert sum(t.state.name == "COMPLETE" for t in done) == 4
+
+
+def test_eight_processes_starting_at_once_create_one_study(tmp_path, database):
+    search = {
+        "strategy": "random",
+        "trials": 16,
+        "workers": 1,
+        "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+    }
+    spec = spec_file(tmp_path, search, epochs=3)
+    procs = [
+        hpsearch(
+            "run", spec, "--storage", database, "--study", "crowd", "--runs-dir", tmp_path / f"r{i}"
+        )
+        for i in range(8)
+    ]
+    for proc in procs:
+        finish(proc)
+    summaries = optuna.get_all_study_summaries(database)
+    assert [s.study_name for s in summaries] == ["crowd"]
+    done = trials(database, "crowd")
+    assert len(done) == 16
+    assert all(t.state.name == "COMPLETE" for t in done)
