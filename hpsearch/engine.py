@@ -305,6 +305,7 @@ class WorkerTask:
     deadline: float | None = None  # time.time() after which no new trial starts
     # panda --interactive: shown each proposal; returns the values to run, or None to stop
     review: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
+    gpu: int | None = None  # caviar on several GPUs: the one this worker is pinned to
 
 
 def trial_loop(
@@ -370,6 +371,10 @@ def trial_loop(
 
 def _worker_main(task: WorkerTask) -> None:
     """Entry point of a caviar worker process."""
+    if task.gpu is not None:
+        # Pin before CUDA starts (torch initializes it lazily): this worker sees one GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(task.gpu)
+        task.spec = task.spec.model_copy(update={"device": "cuda"})
     if task.threads:
         torch.set_num_threads(task.threads)
     try:
@@ -395,6 +400,13 @@ def worker_count(search: SearchSpec, device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, torch.cuda.device_count())
     return cores()
+
+
+def pinned_gpu(device: torch.device, worker: int) -> int | None:
+    """`device: cuda` (no index) on a machine with several GPUs: worker i gets GPU i mod n."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return None
+    return worker % torch.cuda.device_count()
 
 
 def _finished_points(study: optuna.Study) -> list[tuple[dict[str, Any], float]]:
@@ -556,13 +568,12 @@ class Search:
 
     def task(self, params: list[Param], target: int, worker: int, round_index: int) -> WorkerTask:
         threads = max(1, cores() // self.workers) if self.search.mode == "caviar" else None
-        # every worker (and round) samples from its own stream, or they would propose alike
-        seed = (
-            self.spec.seed * 1009
-            + round_index * 101
-            + worker
-            + os.getpid() * 7919 * (1 if is_database(self.storage) else 0)
-        )
+        # every worker (and round) samples from its own stream, or they would propose alike;
+        # processes on other machines add their own identity
+        seed = self.spec.seed * 1009 + round_index * 101 + worker
+        if is_database(self.storage):
+            seed += int.from_bytes(f"{platform.node()}:{os.getpid()}".encode()[-8:], "big")
+        seed %= 2**32
         return WorkerTask(
             self.spec,
             self.data,
@@ -573,6 +584,7 @@ class Search:
             seed,
             threads,
             self.deadline,
+            gpu=pinned_gpu(self.device, worker),
         )
 
     def run_round(self, params: list[Param], target: int, round_index: int) -> None:

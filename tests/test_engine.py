@@ -389,3 +389,60 @@ def test_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
     summary = read_json(run / "summary.json")
     assert summary["failure_reasons"].get("interrupted", 0) >= 1
     assert summary["counts"]["complete"] >= 1
+
+
+def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
+    import torch
+
+    from hpsearch.engine import pinned_gpu
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pinned_gpu(torch.device("cuda"), 5) == 1
+    assert pinned_gpu(torch.device("cuda:2"), 5) is None
+    assert pinned_gpu(torch.device("cpu"), 5) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pinned_gpu(torch.device("cuda"), 5) is None
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_search_on_cuda(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 2,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    spec.write_text(spec.read_text().replace("device: cpu", "device: cuda"))
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    assert result.summary["counts"]["complete"] == 2
+    assert read_json(result.run.root / "env.json")["device"].startswith("cuda")
+
+
+def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
+    import torch
+
+    import hpsearch.objective as objective
+
+    real_train = objective.train_model
+    calls = {"n": 0}
+
+    def flaky_train(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "train_model", flaky_train)
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 3,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 1}
+    assert summary["failure_reasons"] == {"oom": 1}
