@@ -75,7 +75,8 @@ from hpsearch.train import check_objective_metric, resolve_device, resolve_loss
 
 ROUNDS_FILE = "rounds.json"
 # Study attributes: what a worker joining from another machine needs, and how far the run is.
-SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR, STATE_ATTR = "spec", "fingerprint", "rounds", "state"
+SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
+STATE_ATTR, FINAL_ATTR = "state", "final"
 
 
 class Interrupted(Exception):
@@ -239,19 +240,21 @@ def write_summary(
     state: str,
     started: float,
     data: Dataset | None = None,
+    study: str | None = None,
 ) -> dict[str, Any]:
     """Rewrite summary.json; with `data`, score the best trial on test and diagnose it."""
     best = best_outcome(spec, outcomes)
     test_metrics, diagnosis = None, None
     if best is not None and data is not None:
-        if run.trial(best.number).model.exists():
-            final = evaluate_best(spec, data, run, best)
-        else:  # trained on another machine whose runs dir is not shared
-            final = FinalEvaluation({}, None)
+        if not run.trial(best.number).model.exists():
+            # Trained on another machine whose runs dir is not shared: a trial's seed derives
+            # from the spec and its number, so training it again here gives the same model.
+            run_trial(spec, data, run, best.number, best.params)
+        final = evaluate_best(spec, data, run, best)
         test_metrics = final.test
         diagnosis = diagnosis_for(spec, data, best, final)
     summary = build_summary(
-        run, spec, outcomes, state, test_metrics, diagnosis, time.perf_counter() - started
+        run, spec, outcomes, state, test_metrics, diagnosis, time.perf_counter() - started, study
     )
     write_json(run.summary, summary)
     return summary
@@ -443,6 +446,7 @@ class Search:
         workers: int | None = None,
     ):
         assert spec.search is not None
+        self.planner = False  # set by the process that plans the rounds (not by joiners)
         self.spec = spec
         self.search: SearchSpec = spec.search
         self.data = data
@@ -637,7 +641,7 @@ class Search:
             self.reported.add(outcome.number)
             last = outcome is fresh[-1]
             self.progress.trial_finished(outcome, self.status(outcomes) if last else None)
-        write_summary(self.run, self.spec, outcomes, "running", self.started)
+        write_summary(self.run, self.spec, outcomes, "running", self.started, study=self.study_name)
 
     def status(self, outcomes: list[TrialOutcome]) -> SearchStatus:
         best = best_outcome(self.spec, outcomes)
@@ -704,9 +708,15 @@ class Search:
                 self._fail(trial)
 
     def finish(self, state: str) -> dict[str, Any]:
-        self.study.set_user_attr(STATE_ATTR, state)
+        """Write the summary; the planner also records the end (and the best) in the study."""
         data = self.data if state == "finished" else None
-        return write_summary(self.run, self.spec, self.outcomes(), state, self.started, data)
+        summary = write_summary(
+            self.run, self.spec, self.outcomes(), state, self.started, data, self.study_name
+        )
+        if self.planner:
+            self.study.set_user_attr(FINAL_ATTR, {k: summary[k] for k in ("best", "diagnosis")})
+            self.study.set_user_attr(STATE_ATTR, state)
+        return summary
 
 
 # --- resume compatibility ---------------------------------------------------------------------
@@ -810,6 +820,7 @@ def run_search(
     study_name: str | None = None,
 ) -> RunResult:
     search = Search(spec, data, run, progress, study_name or run.name, reviewer)
+    search.planner = True
     if resuming:
         search.recover()
         (run.root / ".stop").unlink(missing_ok=True)
@@ -862,11 +873,7 @@ def join_study(
             raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
         time.sleep(0.5)
         study = load_existing_study(storage, study_name)
-    raw = yaml.safe_load(study.user_attrs[SPEC_ATTR])
-    update: dict[str, Any] = {"storage": url}
-    if device is not None:
-        update["device"] = device
-    spec = spec_from_dict({**raw, **update}, source=f"study {study_name}")
+    spec = _study_spec(study, url, study_name, **({"device": device} if device else {}))
     if data_path is not None:
         data_spec = spec.data.model_copy(update={"source": str(data_path.resolve())})
         spec = spec.model_copy(update={"data": data_spec})
@@ -884,6 +891,35 @@ def join_study(
         write_json(run.split, data.split_info)
     search = Search(spec, data, run, progress, study_name, workers=workers)
     return _drive(search, lambda: search.join(wait))
+
+
+def _study_spec(study: optuna.Study, url: str, name: str, **update: Any) -> Spec:
+    raw = yaml.safe_load(study.user_attrs[SPEC_ATTR])
+    return spec_from_dict({**raw, "storage": url, **update}, source=f"study {name}")
+
+
+def study_folder(url: str, study_name: str, runs_dir: Path) -> RunFolder:
+    """`report --storage --study`: a local run folder rebuilt from the database alone."""
+    probe_storage(url)
+    study = load_existing_study(open_storage(url, Path(os.devnull)), study_name)
+    if SPEC_ATTR not in study.user_attrs:
+        raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
+    spec = _study_spec(study, url, study_name)
+    run = RunFolder(runs_dir / study_name)
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text(run.spec, spec_to_yaml(masked(spec)))
+    params = parse_space(spec)
+    outcomes = study_outcomes(study, lambda p: _decode_points(params, [p])[0])
+    final = study.user_attrs.get(FINAL_ATTR) or {}
+    test = (final.get("best") or {}).get("metrics", {})
+    test = {k: v for k, v in test.items() if k.startswith("test_")}
+    state = study.user_attrs.get(STATE_ATTR, "running")
+    summary = build_summary(
+        run, spec, outcomes, state, test, final.get("diagnosis"), None, study_name
+    )
+    write_json(run.summary, summary)
+    write_json(run.root / ROUNDS_FILE, study.user_attrs.get(ROUNDS_ATTR, []))
+    return run
 
 
 def reviewer_for(spec: Spec) -> Reviewer | None:

@@ -44,6 +44,7 @@ def build_summary(
     test_metrics: dict[str, float] | None = None,
     diagnosis: dict[str, Any] | None = None,
     wall_seconds: float | None = None,
+    study: str | None = None,
 ) -> dict[str, Any]:
     counts = Counter(o.state for o in outcomes)
     best = best_outcome(spec, outcomes)
@@ -59,7 +60,7 @@ def build_summary(
     return {
         "run": str(run.root),
         "name": spec.name,
-        "study": run.name if search else None,
+        "study": (study or run.name) if search else None,
         "storage": mask_url(spec.storage) if spec.storage else ("study.log" if search else None),
         "state": state,
         "strategy": search.strategy if search else None,

@@ -107,6 +107,16 @@ def test_three_workers_share_a_twelve_trial_grid(tmp_path, database):
     machines = {(t.user_attrs["worker_host"], t.user_attrs["worker_pid"]) for t in done}
     assert len(machines) >= 2  # the workers really took trials
 
+    # the database alone is enough for a report: trial outcomes, the best and its test error
+    from hpsearch.engine import study_folder
+    from hpsearch.runs import read_json
+
+    summary = read_json(study_folder(database, "grid12", tmp_path / "elsewhere").summary)
+    assert summary["counts"]["complete"] == 12
+    assert summary["state"] == "finished"
+    assert summary["best"]["metrics"]["test_error"] is not None
+    assert "password" not in json.dumps(summary)
+
 
 def test_killed_worker_is_failed_by_heartbeat_and_retried(tmp_path, database):
     spec = spec_file(
