@@ -67,6 +67,7 @@ from hpsearch.study import (
     is_database,
     load_existing_study,
     open_storage,
+    repair_journal,
     study_outcomes,
     tell_outcome,
 )
@@ -495,8 +496,15 @@ class Search:
 
     def plan_round(self, index: int, previous: list[dict[str, Any]]) -> tuple[list[Param], int]:
         """The space and cumulative trial target of round `index`, recorded in the study."""
-        if index < len(previous):
-            return self._space_from_record(previous[index]), previous[index]["target"]
+        if index < len(previous):  # planned before a resume
+            record = previous[index]
+            if self.search.strategy != "grid" and "start" in record:
+                # follow the current trial budget (`--resume … --trials N` raises it)
+                target = record["start"] + self.budgets()[index]
+                if target != record["target"]:
+                    previous[index] = {**record, "target": target}
+                    self.save_rounds(previous)
+            return self._space_from_record(record), previous[index]["target"]
         params = self.params
         if index > 0:
             keep = self.search.refine.keep if self.search.refine else 1.0
@@ -516,7 +524,10 @@ class Search:
         else:
             target = start + self.budgets()[index]
         self.save_rounds(
-            [*previous, {"round": index, "target": target, "space": describe_space(params)}]
+            [
+                *previous,
+                {"round": index, "start": start, "target": target, "space": describe_space(params)},
+            ]
         )
         return params, target
 
@@ -943,7 +954,10 @@ def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResul
                 "the full URL again (passwords are never written to the run folder)"
             )
         spec = spec.model_copy(update={"storage": old.storage})
-    for warning in check_resume_compatible(old, spec):
+    warnings = check_resume_compatible(old, spec)
+    if spec.storage is None:
+        warnings.append(repair_journal(run.study_log))
+    for warning in filter(None, warnings):
         print(f"warning: {warning}", file=sys.stderr)
     data = prepare(spec)
     write_text(run.spec, spec_to_yaml(masked(spec)))

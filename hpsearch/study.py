@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import threading
 import time
@@ -222,3 +223,35 @@ def load_existing_study(
 def set_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study.set_user_attr(key, value)
+
+
+def repair_journal(path: Path) -> str | None:
+    """Check a journal file before reopening it. A last record cut short mid-write (a killed
+    process, a full disk) is dropped, keeping a copy of the original as study.log.torn;
+    returns a warning then. Damage anywhere else is an input error naming the line."""
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # a complete journal ends with a newline, so the last element is empty
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise InputError(
+                f"line {number} of the study journal is damaged; restore the run folder from a "
+                "backup, or start a new run (finished trials' folders stay readable)",
+                source=str(path),
+            ) from None
+    if lines[-1].strip():
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            torn = path.with_name(path.name + ".torn")
+            torn.write_bytes(data)
+            path.write_bytes(b"\n".join(lines[:-1]) + b"\n")
+            return (
+                f"{path}: dropped an incomplete last record (a write cut short); "
+                f"the original is kept as {torn.name}"
+            )
+    return None

@@ -446,3 +446,54 @@ def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 1}
     assert summary["failure_reasons"] == {"oom": 1}
+
+
+def test_resume_with_more_trials_extends_the_budget(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 3,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    first = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    assert first.summary["counts"]["complete"] == 3
+    again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest", trials=5))
+    assert again.run.root == first.run.root
+    assert again.summary["counts"]["complete"] == 5
+
+
+def test_torn_journal_record_is_dropped_on_resume(tmp_path, capsys):
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 2,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    run = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).run
+    log = run.root / "study.log"
+    log.write_bytes(log.read_bytes()[:-25])  # the last write was cut short
+    again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest", trials=3))
+    assert again.summary["counts"]["complete"] == 3
+    assert "incomplete last record" in capsys.readouterr().err
+    assert (run.root / "study.log.torn").exists()
+
+
+def test_damaged_journal_is_a_clear_error(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 2,
+            "workers": 1,
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
+        },
+    )
+    run = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).run
+    lines = (run.root / "study.log").read_text().splitlines(keepends=True)
+    lines[2] = lines[2][:10] + "\n"
+    (run.root / "study.log").write_text("".join(lines))
+    with pytest.raises(InputError, match="line 3 of the study journal is damaged"):
+        run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest"))
