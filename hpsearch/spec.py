@@ -365,8 +365,9 @@ def _key_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: st
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     """Parse YAML safely, returning the document and a map of key path -> line number."""
-    loader = SpecLoader(text)
+    loader = None
     try:
+        loader = SpecLoader(text)
         node = loader.get_single_node()
         lines: dict[Path_, int] = {}
         if node is None:
@@ -384,7 +385,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     except yaml.YAMLError as exc:
         raise InputError(f"YAML error: {exc}", source=source) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def format_path(loc: Path_) -> str:
