@@ -198,6 +198,66 @@ def main() -> None:  # pragma: no cover - console entry point
     app()
 
 
+@app.command()
+@user_errors
+def report(
+    run: Annotated[
+        str | None, typer.Argument(help="Run folder (default: the newest under --runs-dir).")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table, json, markdown or html.")
+    ] = "table",
+    top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are.")] = Path(
+        "runs"
+    ),
+    storage: Annotated[
+        str | None, typer.Option(help="Report a study from this database alone.")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="The study's name (with --storage).")] = None,
+) -> None:
+    """Explain a run: trials, best model, bias/variance diagnosis, warnings, plots."""
+    from rich.console import Console
+
+    from hpsearch import report as reports
+
+    if output_format not in ("table", "json", "markdown", "html"):
+        raise InputError(f"--format: '{output_format}' is not one of table, json, markdown, html")
+    if (storage is None) != (study is None):
+        raise InputError("--storage and --study go together")
+    if storage is not None:
+        from hpsearch.engine import study_folder
+
+        folder = study_folder(storage, study, runs_dir)
+    else:
+        folder = reports.resolve_run(run, runs_dir)
+    if output_format == "json":
+        print(folder.summary.read_text(encoding="utf-8"), end="")
+        return
+    if output_format == "table":
+        reports.render_console(reports.load_report(folder, top), Console())
+        return
+    path = reports.write_report(folder, output_format, top)
+    if output_format == "markdown":
+        print(path.read_text(encoding="utf-8"), end="")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
+@user_errors
+def runs(
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are.")] = Path(
+        "runs"
+    ),
+) -> None:
+    """List run folders: strategy, state, trials and best value."""
+    from rich.console import Console
+
+    from hpsearch.report import runs_table
+
+    Console().print(runs_table(runs_dir))
+
+
 def _error_rate(name: str, text: str | None) -> float | None:
     from hpsearch.diagnosis import parse_error_rate
 

@@ -542,6 +542,11 @@ def _bias_line(d: Diagnosis) -> str:
 
 def _group_lines(d: Diagnosis) -> list[str]:
     devs = ", ".join(f"{g.name} {_pct(g.dev_error)}" for g in d.groups or ())
+    trains = ", ".join(f"{g.name} {_pct(g.train_error)}" for g in d.groups or ())
     verdict = "data mismatch" if d.mismatch else "no data mismatch"
     chain = " → ".join(f"{label} {_pct(value)}" for label, value in mismatch_ordering(d))
-    return [f"Dev error by group: {devs} — {verdict}", f"Ordering: {chain}"]
+    return [
+        f"Dev error by group: {devs} — {verdict}",
+        f"Train error by group: {trains}",
+        f"Ordering: {chain}",
+    ]
