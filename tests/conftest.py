@@ -48,3 +48,31 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+def write_mixed_groups(folder: Path) -> Path:
+    """Data from two distributions, one much noisier ('hard'), and a spec that groups by it."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=(n, 3))
+    group = np.where(np.arange(n) % 3 == 0, "hard", "easy")
+    y = (x[:, 0] + x[:, 1] > 0).astype(int)
+    flip = (group == "hard") & (rng.random(n) < 0.35)
+    y[flip] = 1 - y[flip]
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(source=group, y=y)
+    frame.to_csv(folder / "mixed.csv", index=False)
+    spec = {
+        "name": "mixed",
+        "device": "cpu",
+        "data": {"source": "mixed.csv", "target": "y", "group": "source"},
+        "model": {"hidden": [16]},
+        "train": {"epochs": 30, "lr": 0.01},
+        "human_level_error": 0.0,
+    }
+    path = folder / "mixed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -15,7 +15,7 @@ import yaml
 from hpsearch.engine import RunOptions, check_resume_compatible, run_spec
 from hpsearch.errors import InputError
 from hpsearch.runs import read_json
-from tests.conftest import make_spec
+from tests.conftest import make_spec, write_mixed_groups
 
 
 def spec_file(tmp_path: Path, search: dict, train: dict | None = None, name: str = "s") -> Path:
@@ -31,6 +31,12 @@ def spec_file(tmp_path: Path, search: dict, train: dict | None = None, name: str
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def lr_search(tmp_path: Path, trials: int) -> Path:
+    """A small random search over the learning rate alone, in one process."""
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    return spec_file(tmp_path, {"trials": trials, "workers": 1, "space": space})
 
 
 def study_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
@@ -331,31 +337,7 @@ def test_panda_rescue_logs_its_decision(tmp_path):
 
 
 def test_group_mismatch_is_flagged(tmp_path):
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    n = 600
-    x = rng.normal(size=(n, 3))
-    group = np.where(np.arange(n) % 3 == 0, "hard", "easy")
-    y = (x[:, 0] + x[:, 1] > 0).astype(int)
-    flip = (group == "hard") & (rng.random(n) < 0.35)  # one distribution is much noisier
-    y[flip] = 1 - y[flip]
-    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(source=group, y=y)
-    frame.to_csv(tmp_path / "mixed.csv", index=False)
-    spec = tmp_path / "m.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "name": "mixed",
-                "device": "cpu",
-                "data": {"source": "mixed.csv", "target": "y", "group": "source"},
-                "model": {"hidden": [16]},
-                "train": {"epochs": 30, "lr": 0.01},
-                "human_level_error": 0.0,
-            }
-        )
-    )
+    spec = write_mixed_groups(tmp_path)
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
     groups = summary["diagnosis"]["groups"]
     assert set(groups) == {"easy", "hard"}
@@ -406,14 +388,7 @@ def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_search_on_cuda(tmp_path):
-    spec = spec_file(
-        tmp_path,
-        {
-            "trials": 2,
-            "workers": 1,
-            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
-        },
-    )
+    spec = lr_search(tmp_path, trials=2)
     spec.write_text(spec.read_text().replace("device: cpu", "device: cuda"))
     result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
     assert result.summary["counts"]["complete"] == 2
@@ -435,28 +410,14 @@ def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(objective, "train_model", flaky_train)
-    spec = spec_file(
-        tmp_path,
-        {
-            "trials": 3,
-            "workers": 1,
-            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
-        },
-    )
+    spec = lr_search(tmp_path, trials=3)
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 1}
     assert summary["failure_reasons"] == {"oom": 1}
 
 
 def test_resume_with_more_trials_extends_the_budget(tmp_path):
-    spec = spec_file(
-        tmp_path,
-        {
-            "trials": 3,
-            "workers": 1,
-            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
-        },
-    )
+    spec = lr_search(tmp_path, trials=3)
     first = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
     assert first.summary["counts"]["complete"] == 3
     again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest", trials=5))
@@ -465,14 +426,7 @@ def test_resume_with_more_trials_extends_the_budget(tmp_path):
 
 
 def test_torn_journal_record_is_dropped_on_resume(tmp_path, capsys):
-    spec = spec_file(
-        tmp_path,
-        {
-            "trials": 2,
-            "workers": 1,
-            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
-        },
-    )
+    spec = lr_search(tmp_path, trials=2)
     run = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).run
     log = run.root / "study.log"
     log.write_bytes(log.read_bytes()[:-25])  # the last write was cut short
@@ -483,14 +437,7 @@ def test_torn_journal_record_is_dropped_on_resume(tmp_path, capsys):
 
 
 def test_damaged_journal_is_a_clear_error(tmp_path):
-    spec = spec_file(
-        tmp_path,
-        {
-            "trials": 2,
-            "workers": 1,
-            "space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}},
-        },
-    )
+    spec = lr_search(tmp_path, trials=2)
     run = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).run
     lines = (run.root / "study.log").read_text().splitlines(keepends=True)
     lines[2] = lines[2][:10] + "\n"

@@ -20,7 +20,7 @@ from hpsearch.report import (
     wilson_interval,
     write_report,
 )
-from tests.conftest import make_spec
+from tests.conftest import make_spec, write_mixed_groups
 
 SEARCH = {
     "strategy": "random",
@@ -182,30 +182,7 @@ def test_resolve_run_errors(tmp_path):
 
 
 def test_mismatch_block(tmp_path):
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(1)
-    n = 450
-    x = rng.normal(size=(n, 2))
-    group = np.where(np.arange(n) % 3 == 0, "asia", "europe")
-    y = (x[:, 0] > 0).astype(int)
-    flip = (group == "asia") & (rng.random(n) < 0.4)
-    y[flip] = 1 - y[flip]
-    pd.DataFrame(x, columns=["a", "b"]).assign(g=group, y=y).to_csv(tmp_path / "d.csv", index=False)
-    (tmp_path / "s.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "mm",
-                "device": "cpu",
-                "data": {"source": "d.csv", "target": "y", "group": "g"},
-                "model": {"hidden": [8]},
-                "train": {"epochs": 20, "lr": 0.01},
-                "human_level_error": 0.0,
-            }
-        )
-    )
-    run = run_spec(tmp_path / "s.yaml", RunOptions(runs_dir=tmp_path / "runs")).run
+    run = run_spec(write_mixed_groups(tmp_path), RunOptions(runs_dir=tmp_path / "runs")).run
     text = text_of(load_report(run))
     assert "— data mismatch" in text and "Train error by group" in text
-    assert "dev[europe]" in text and "dev[asia]" in text
+    assert "dev[easy]" in text and "dev[hard]" in text
