@@ -1,0 +1,103 @@
+"""summary.json (and `report --format json`, `run --json`) keeps the shape DESIGN.md promises."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hpsearch.cli import app
+
+TINY_SEARCH = """\
+name: shape
+device: cpu
+data: {source: sklearn:iris}
+model: {hidden: [8]}
+train: {epochs: 3}
+human_level_error: 0.02
+search:
+  trials: 3
+  workers: 1
+  space:
+    train.lr: {low: 1.0e-3, high: 1.0e-1, log: true}
+"""
+
+NUMBER = (int, float)
+
+
+def check(value, shape, where="summary"):
+    """`shape` is a type, a tuple of types, a dict of key -> shape, or [item shape]."""
+    if isinstance(shape, dict):
+        assert isinstance(value, dict), where
+        for key, inner in shape.items():
+            assert key in value, f"{where}.{key} is missing"
+            check(value[key], inner, f"{where}.{key}")
+    elif isinstance(shape, list):
+        assert isinstance(value, list), where
+        for index, item in enumerate(value):
+            check(item, shape[0], f"{where}[{index}]")
+    else:
+        assert isinstance(value, shape), f"{where}: {type(value).__name__} is not {shape}"
+
+
+OPTIONAL_NUMBER = (*NUMBER, type(None))
+SHAPE = {
+    "run": str,
+    "name": str,
+    "state": str,
+    "strategy": (str, type(None)),
+    "mode": (str, type(None)),
+    "objective": {"metric": str, "direction": str},
+    "counts": {"complete": int, "pruned": int, "failed": int},
+    "best": {
+        "trial": int,
+        "params": dict,
+        "metrics": {"train_error": NUMBER, "dev_error": NUMBER, "test_error": NUMBER},
+    },
+    "diagnosis": {
+        "human_level_error": OPTIONAL_NUMBER,
+        "bayes_error": OPTIONAL_NUMBER,
+        "bias": OPTIONAL_NUMBER,
+        "avoidable_bias": OPTIONAL_NUMBER,
+        "variance": NUMBER,
+        "high_bias": bool,
+        "high_variance": bool,
+        "focus": (str, type(None)),
+        "recommendations": [str],
+    },
+    "trials": [
+        {"number": int, "state": str, "reason": (str, type(None)), "params": dict, "metrics": dict}
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shape")
+    spec = tmp / "shape.yaml"
+    spec.write_text(TINY_SEARCH)
+    runner = CliRunner()
+    run = runner.invoke(app, ["run", str(spec), "--runs-dir", str(tmp), "--json", "--quiet"])
+    assert run.exit_code == 0, run.output
+    report = runner.invoke(app, ["report", "--runs-dir", str(tmp), "--format", "json"])
+    assert report.exit_code == 0, report.output
+    return json.loads(run.stdout), json.loads(report.stdout)
+
+
+def test_run_json_matches_the_design_shape(outputs):
+    check(outputs[0], SHAPE)
+
+
+def test_report_json_is_the_same_summary(outputs):
+    check(outputs[1], SHAPE)
+    assert outputs[0] == outputs[1]
+
+
+def test_errors_are_fractions(outputs):
+    summary = outputs[0]
+    for key in ("train_error", "dev_error", "test_error"):
+        assert 0.0 <= summary["best"]["metrics"][key] <= 1.0
+    assert summary["diagnosis"]["avoidable_bias"] == pytest.approx(
+        summary["best"]["metrics"]["train_error"] - 0.02
+    )
+    assert summary["state"] == "finished"
+    assert summary["counts"]["complete"] + summary["counts"]["failed"] == 3
