@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,13 +58,14 @@ def run_trial(
     device: torch.device | None = None,
     rescue: bool = False,
 ) -> TrialOutcome:
-    """Train trial `number` with `params` applied, writing params, per-epoch metrics and result."""
+    """Train trial `number` with `params` applied, writing params, per-epoch metrics and result.
+
+    A trial's own failure (divergence, an exception, out of memory, a disk that refuses its
+    files) fails that trial with a reason; it never ends the search.
+    """
     started = time.perf_counter()
     folder = run.trial(number)
-    folder.root.mkdir(parents=True, exist_ok=True)
     seed = trial_seed(spec.seed, number)
-    write_json(folder.params, {"number": number, "seed": seed, "params": params})
-    folder.metrics.write_text("", encoding="utf-8")
     outcome = TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
 
     def log_epoch(record: dict[str, Any]) -> bool:
@@ -71,17 +73,24 @@ def run_trial(
         return on_epoch(record) if on_epoch is not None else False
 
     try:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        write_json(folder.params, {"number": number, "seed": seed, "params": params})
+        folder.metrics.write_text("", encoding="utf-8")
         trial_spec = apply_params(spec, params)
         result = train_model(
             trial_spec, data, seed, on_epoch=log_epoch, device=device, rescue=rescue
         )
+        if result.state != "failed":
+            torch.save(result.model.state_dict(), folder.model)
     except InputError:
         raise
     except torch.cuda.OutOfMemoryError:
         outcome.reason = "oom"
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    except Exception as exc:  # a trial's own failure must not end the search
+    except OSError as exc:
+        outcome.reason = f"disk: {exc.strerror or exc} ({exc.filename or folder.root})"
+    except Exception as exc:
         outcome.reason = f"error: {type(exc).__name__}: {exc}"
     else:
         outcome.state, outcome.reason = result.state, result.reason
@@ -90,10 +99,9 @@ def run_trial(
         outcome.epochs_run = result.epochs_run
         outcome.stopped_early = result.stopped_early
         outcome.value = objective_value(spec, result.metrics)
-        if result.state != "failed":
-            torch.save(result.model.state_dict(), folder.model)
     outcome.seconds = time.perf_counter() - started
-    write_json(folder.result, outcome.to_json())
+    with contextlib.suppress(OSError):  # the study keeps the outcome even if this write fails
+        write_json(folder.result, outcome.to_json())
     return outcome
 
 

@@ -49,8 +49,12 @@ def heartbeat_seconds() -> int:
 def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
     """The journal file (url None) or the database at `url`, with heartbeats and retries."""
     if url is None:
+        # A process killed while holding the journal's lock leaves it behind; others take it
+        # over after the grace period (HPSEARCH_JOURNAL_GRACE_SECONDS, default 30).
+        grace = int(os.environ.get("HPSEARCH_JOURNAL_GRACE_SECONDS", "30"))
+        lock = optuna.storages.journal.JournalFileSymlinkLock(str(journal), grace_period=grace)
         return optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))
+            optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=lock)
         )
     beat = heartbeat_seconds()
     for attempt in range(5):
