@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from tests.conftest import CONFIGS
+from tests.test_spec import BAD_SPEC_TEXTS
 
 runner = CliRunner()
 
@@ -211,3 +212,37 @@ def test_malformed_gate_exits_2_before_running(tmp_path, write_spec, gate):
     assert result.exit_code == 2
     assert "--fail-under" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_SPEC_TEXTS)
+def test_every_bad_spec_through_the_cli(tmp_path, write_spec, text, expected):
+    """The spec catalogue again, end to end: exit 2, the key in one message, no traceback,
+    no run folder."""
+    runs = tmp_path / "runs"
+    result = invoke("run", write_spec(text), "--runs-dir", runs)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.output
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--resume", "no-such-run"], "--resume"),
+        (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "storage"),
+        (["--storage", "sqlite:////no/such/dir/x.db"], "cannot connect"),
+        (["--trials", "0"], "search.trials"),
+        (["--mode", "zoo"], "search.mode"),
+        (["--study", "s"], "--study"),
+    ],
+)
+def test_bad_arguments_exit_2(tmp_path, write_spec, args, expected):
+    runs = tmp_path / "runs"
+    search = TINY + "search: {trials: 2, space: {train.lr: {low: 0.001, high: 0.1}}}\n"
+    result = invoke("run", write_spec(search), "--runs-dir", runs, *args)
+    assert result.exit_code == 2, result.output
+    assert expected in result.stderr
+    assert "secret" not in result.output
+    assert not runs.exists() or not any(runs.iterdir())

@@ -49,61 +49,62 @@ def test_relative_data_path_resolves_against_spec_file(tmp_path):
     assert Path(spec.data.source) == (tmp_path / "d.csv").resolve()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param(MINIMAL + "train: {lrr: 0.1}\n", "did you mean 'lr'", id="unknown-key-hint"),
-        pytest.param(MINIMAL + "modle: {}\n", "did you mean 'model'", id="unknown-top-key"),
-        pytest.param(
-            "name: t\nname: u\ndata: {source: sklearn:iris}\n", "duplicate key 'name'", id="dup"
-        ),
-        pytest.param(MINIMAL + "train: {lr: -1}\n", "train.lr", id="negative-lr"),
-        pytest.param(MINIMAL + "train: {epochs: many}\n", "train.epochs", id="wrong-type"),
-        pytest.param(
-            MINIMAL + "model: {activation: swish}\n", "model.activation", id="bad-literal"
-        ),
-        pytest.param("name: a/b\ndata: {source: sklearn:iris}\n", "name", id="slash-in-name"),
-        pytest.param("name: ..\ndata: {source: sklearn:iris}\n", "name", id="dotdot-name"),
-        pytest.param(
-            "name: t\ndata: {source: sklearn:mnist}\n", "data.source", id="unknown-dataset"
-        ),
-        pytest.param("name: t\ndata: {source: x.txt}\n", "data.source", id="bad-suffix"),
-        pytest.param(
-            MINIMAL.replace("}", ", split: {train: .5, dev: .2, test: .2}}"),
-            "sum to 1",
-            id="split-sum",
-        ),
-        pytest.param(
-            MINIMAL.replace("}", ", split: {train: .8, dev: 0, test: .2}}"),
-            "data.split.dev",
-            id="empty-split",
-        ),
-        pytest.param(
-            MINIMAL + "model: {hidden: [8], layers: 2, units: 4}\n",
-            "either",
-            id="hidden-and-layers",
-        ),
-        pytest.param(
-            MINIMAL + "search: {space: {train.lr: {low: 1, high: 0.1}}}\n",
-            "low must be below high",
-            id="inverted-range",
-        ),
-        pytest.param(
-            MINIMAL + "search: {space: {train.lr: {low: 0, high: 1, log: true}}}\n",
-            "low > 0",
-            id="log-range-zero",
-        ),
-        pytest.param(MINIMAL + "search: {timeout: soon}\n", "duration", id="bad-timeout"),
-        pytest.param(
-            "name: !!python/object/apply:os.system [ls]\n", "not allowed", id="python-tag"
-        ),
-        pytest.param("name: [unclosed\n", "YAML error", id="syntax"),
-        pytest.param("", "empty", id="empty-file"),
-        pytest.param("- a\n- b\n", "mapping", id="not-a-mapping"),
-        pytest.param("data: {source: sklearn:iris}\n", "name: is required", id="missing-name"),
-        pytest.param(MINIMAL + "device: tpu\n", "device", id="bad-device"),
-    ],
-)
+BAD_SPEC_TEXTS = [
+    pytest.param(MINIMAL + "train: {lrr: 0.1}\n", "did you mean 'lr'", id="unknown-key-hint"),
+    pytest.param(MINIMAL + "modle: {}\n", "did you mean 'model'", id="unknown-top-key"),
+    pytest.param(
+        "name: t\nname: u\ndata: {source: sklearn:iris}\n", "duplicate key 'name'", id="dup"
+    ),
+    pytest.param(MINIMAL + "train: {lr: -1}\n", "train.lr", id="negative-lr"),
+    pytest.param(MINIMAL + "train: {epochs: many}\n", "train.epochs", id="wrong-type"),
+    pytest.param(MINIMAL + "model: {activation: swish}\n", "model.activation", id="bad-literal"),
+    pytest.param("name: a/b\ndata: {source: sklearn:iris}\n", "name", id="slash-in-name"),
+    pytest.param("name: ..\ndata: {source: sklearn:iris}\n", "name", id="dotdot-name"),
+    pytest.param("name: t\ndata: {source: sklearn:mnist}\n", "data.source", id="unknown-dataset"),
+    pytest.param("name: t\ndata: {source: x.txt}\n", "data.source", id="bad-suffix"),
+    pytest.param(
+        MINIMAL.replace("}", ", split: {train: .5, dev: .2, test: .2}}"),
+        "sum to 1",
+        id="split-sum",
+    ),
+    pytest.param(
+        MINIMAL.replace("}", ", split: {train: .8, dev: 0, test: .2}}"),
+        "data.split.dev",
+        id="empty-split",
+    ),
+    pytest.param(
+        MINIMAL + "model: {hidden: [8], layers: 2, units: 4}\n",
+        "either",
+        id="hidden-and-layers",
+    ),
+    pytest.param(
+        MINIMAL + "search: {space: {train.lr: {low: 1, high: 0.1}}}\n",
+        "low must be below high",
+        id="inverted-range",
+    ),
+    pytest.param(
+        MINIMAL + "search: {space: {train.lr: {low: 0, high: 1, log: true}}}\n",
+        "low > 0",
+        id="log-range-zero",
+    ),
+    pytest.param(MINIMAL + "search: {timeout: soon}\n", "duration", id="bad-timeout"),
+    pytest.param("name: !!python/object/apply:os.system [ls]\n", "not allowed", id="python-tag"),
+    pytest.param("name: [unclosed\n", "YAML error", id="syntax"),
+    pytest.param("", "empty", id="empty-file"),
+    pytest.param("- a\n- b\n", "mapping", id="not-a-mapping"),
+    pytest.param("data: {source: sklearn:iris}\n", "name: is required", id="missing-name"),
+    pytest.param(MINIMAL + "device: tpu\n", "device", id="bad-device"),
+    pytest.param("name: /etc\ndata: {source: sklearn:iris}\n", "name", id="absolute-name"),
+    pytest.param('name: "a\\0b"\ndata: {source: sklearn:iris}\n', "name", id="nul-in-name"),
+    pytest.param(
+        MINIMAL + "search: {space: {train.lr: {low: 1, high: 1}}}\n", "below", id="empty-range"
+    ),
+    pytest.param(MINIMAL + "search: {trials: 0}\n", "search.trials", id="zero-trials"),
+    pytest.param(MINIMAL + "human_level_error: 1.5\n", "human_level_error", id="error-above-1"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_SPEC_TEXTS)
 def test_bad_spec_names_the_key(tmp_path, text, expected):
     assert expected in load_error(tmp_path, text)
 
