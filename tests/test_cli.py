@@ -116,6 +116,21 @@ BAD_SPECS.update(
 )
 
 
+CSV_FOR_CASE = {
+    "single-class": "a,one\n" + "".join(f"{i},k\n" for i in range(10)),
+    "empty-data-file": "",
+    "all-missing-column": "a,b,y\n" + "".join(f"{i},,{i % 2}\n" for i in range(12)),
+    "text-target-for-regression": "a,y\n" + "".join(f"{i},v{i}\n" for i in range(12)),
+}
+BAD_SPECS.update(
+    {
+        "empty-data-file": (CSV_SPEC % "", "d.csv"),
+        "all-missing-column": (CSV_SPEC % ", impute: mean", "'b'"),
+        "text-target-for-regression": (CSV_SPEC % ", task: regression", "regression"),
+    }
+)
+
+
 @pytest.mark.parametrize("case", list(BAD_SPECS))
 def test_bad_input_exits_2_without_a_run_folder(tmp_path, write_spec, case):
     text, expected = BAD_SPECS[case]
@@ -125,8 +140,7 @@ def test_bad_input_exits_2_without_a_run_folder(tmp_path, write_spec, case):
 
         if torch.cuda.is_available():
             pytest.skip("CUDA present")
-    one_class = "a,one\n" + "".join(f"{i},k\n" for i in range(10))
-    (tmp_path / "d.csv").write_text(one_class if case == "single-class" else CSV)
+    (tmp_path / "d.csv").write_text(CSV_FOR_CASE.get(case, CSV))
     runs = tmp_path / "runs"
     result = invoke("run", write_spec(text), "--runs-dir", runs)
     assert result.exit_code == 2, result.output
