@@ -36,61 +36,38 @@ def run_with_fault(tmp_path, monkeypatch, fault, trials=4, **search):
     return result.summary
 
 
-def _raise(exc):
-    def fail(*args, **kwargs):
-        raise exc
-
-    return fail
+TRIAL_ONE = objective.trial_seed(0, 1)  # the spec's seed is 0; trial 1 meets the fault
 
 
-def fault_exception(monkeypatch):
-    real = objective.train_model
-    monkeypatch.setattr(
-        objective,
-        "train_model",
-        lambda spec, data, seed, **kw: (
-            _raise(ValueError("boom in the model"))()
-            if kw["on_epoch"] and seed == objective.trial_seed(0, 1)
-            else real(spec, data, seed, **kw)
-        ),
-    )
+def raising_in_trial_one(exc: BaseException):
+    """A fault: training trial 1 raises `exc`; the other trials train as usual."""
+
+    def fault(monkeypatch):
+        real = objective.train_model
+
+        def train_model(spec, data, seed, **kwargs):
+            if seed == TRIAL_ONE:
+                raise exc
+            return real(spec, data, seed, **kwargs)
+
+        monkeypatch.setattr(objective, "train_model", train_model)
+
+    return fault
 
 
-def fault_oom(monkeypatch):
-    real = objective.train_model
-    monkeypatch.setattr(
-        objective,
-        "train_model",
-        lambda spec, data, seed, **kw: (
-            _raise(torch.cuda.OutOfMemoryError("CUDA out of memory"))()
-            if seed == objective.trial_seed(0, 1)
-            else real(spec, data, seed, **kw)
-        ),
-    )
+def loss_in_trial_one(factor: float):
+    """A fault: trial 1's losses are multiplied by inf or nan (torch is seeded per trial)."""
 
+    def fault(monkeypatch):
+        real = train.example_losses
 
-def fault_inf_loss(monkeypatch):
-    real = train.example_losses
+        def losses(loss, outputs, y, task):
+            values = real(loss, outputs, y, task)
+            return values * factor if torch.initial_seed() == TRIAL_ONE else values
 
-    def losses(loss, outputs, y, task):
-        values = real(loss, outputs, y, task)
-        return (
-            values * float("inf") if torch.initial_seed() == objective.trial_seed(0, 1) else values
-        )
+        monkeypatch.setattr(train, "example_losses", losses)
 
-    monkeypatch.setattr(train, "example_losses", losses)
-
-
-def fault_nan_loss(monkeypatch):
-    real = train.example_losses
-
-    def losses(loss, outputs, y, task):
-        values = real(loss, outputs, y, task)
-        return (
-            values * float("nan") if torch.initial_seed() == objective.trial_seed(0, 1) else values
-        )
-
-    monkeypatch.setattr(train, "example_losses", losses)
+    return fault
 
 
 def fault_disk(monkeypatch):
@@ -105,10 +82,13 @@ def fault_disk(monkeypatch):
 
 
 FAULTS = {
-    "exception-in-trial": (fault_exception, "error: ValueError: boom in the model"),
-    "cuda-out-of-memory": (fault_oom, "oom"),
-    "infinite-loss": (fault_inf_loss, "diverged"),
-    "nan-loss": (fault_nan_loss, "diverged"),
+    "exception-in-trial": (
+        raising_in_trial_one(ValueError("boom in the model")),
+        "error: ValueError: boom in the model",
+    ),
+    "cuda-out-of-memory": (raising_in_trial_one(torch.cuda.OutOfMemoryError("CUDA OOM")), "oom"),
+    "infinite-loss": (loss_in_trial_one(float("inf")), "diverged"),
+    "nan-loss": (loss_in_trial_one(float("nan")), "diverged"),
     "disk-refuses-writes": (fault_disk, "disk: No space left on device"),
 }
 
