@@ -147,13 +147,41 @@ def _check_value(spec: Spec, path: str, value: Any) -> None:
         raise InputError(f"search.space[{path}]: choice {value!r} is not valid: {exc}") from None
 
 
-def condition_holds(param: Param, values: dict[str, Any], spec: Spec) -> bool:
-    """A `when` condition looks at the value sampled in this trial, else the spec's own value."""
+def condition_holds(param: Param, values: dict[str, Any], spec: Spec | None) -> bool:
+    """A `when` condition looks at the value sampled in this trial, else the spec's own value
+    (without a spec, as for `hpsearch.minimize`, an unsampled path never matches)."""
     for path, allowed in (param.spec.when or {}).items():
-        current = values[path] if path in values else get_dotted(spec, path)
+        if path in values:
+            current = values[path]
+        elif spec is not None:
+            current = get_dotted(spec, path)
+        else:
+            return False
         if current not in allowed:
             return False
     return True
+
+
+def parse_free_space(space: dict[str, dict[str, Any]]) -> list[Param]:
+    """A search space for any objective (no spec fields to check against): ranges whose low and
+    high are both integers are integer ranges, other ranges are float ranges."""
+    params = []
+    for path, raw in space.items():
+        try:
+            param_spec = ParamSpec.model_validate(raw)
+        except ValidationError as exc:
+            raise describe_validation_error(exc, "space", {}) from None
+        if param_spec.is_range:
+            whole = all(
+                isinstance(raw[k], int) and not isinstance(raw[k], bool) for k in ("low", "high")
+            )
+            kind = "int" if whole else "float"
+        else:
+            values = param_spec.values or []
+            numeric = values and all(isinstance(v, float) for v in values)
+            kind = "float" if numeric else "categorical"
+        params.append(Param(path, param_spec, kind))
+    return params
 
 
 def get_dotted(spec: Spec, path: str) -> Any:
@@ -163,7 +191,7 @@ def get_dotted(spec: Spec, path: str) -> Any:
     return node
 
 
-def suggest(trial: Any, params: list[Param], spec: Spec) -> dict[str, Any]:
+def suggest(trial: Any, params: list[Param], spec: Spec | None) -> dict[str, Any]:
     """Ask an Optuna trial for one value per active parameter (conditions checked in order)."""
     values: dict[str, Any] = {}
     for param in params:
@@ -180,7 +208,7 @@ def suggest(trial: Any, params: list[Param], spec: Spec) -> dict[str, Any]:
     return values
 
 
-def grid_points(params: list[Param], spec: Spec) -> list[dict[str, Any]]:
+def grid_points(params: list[Param], spec: Spec | None) -> list[dict[str, Any]]:
     """Every combination of grid values; inactive conditional params dropped, duplicates merged."""
     points: list[dict[str, Any]] = []
     seen: set[str] = set()

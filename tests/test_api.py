@@ -1,0 +1,91 @@
+import math
+
+import pytest
+
+import hpsearch
+from hpsearch.errors import InputError
+
+SPACE = {
+    "lr": {"low": 1e-5, "high": 1.0, "log": True},
+    "units": {"low": 8, "high": 256, "log": True},
+    "activation": {"choices": ["relu", "tanh", "gelu"]},
+    "hidden": {"choices": [[16], [64, 32]]},
+}
+
+
+def shifted_quadratic(params):
+    """Optimum at lr = 1e-2 (in log space), units near 64, gelu, [64, 32]."""
+    loss = (math.log10(params["lr"]) + 2) ** 2 + (math.log2(params["units"]) - 6) ** 2 / 4
+    loss += 0.5 * (params["activation"] != "gelu") + 0.5 * (params["hidden"] != [64, 32])
+    return loss
+
+
+GRID_SPACE = {
+    "lr": {"low": 1e-5, "high": 1.0, "log": True, "steps": 6},
+    "activation": {"choices": ["relu", "tanh", "gelu"]},
+}
+
+
+def grid_objective(params):
+    return (math.log10(params["lr"]) + 2) ** 2 + 0.5 * (params["activation"] != "gelu")
+
+
+CASES = {
+    "random": ({}, SPACE, shifted_quadratic),
+    "random+refine": ({"refine": {"rounds": 2, "keep": 0.2}}, SPACE, shifted_quadratic),
+    "tpe": ({}, SPACE, shifted_quadratic),
+    "evolution": ({"population": 12}, SPACE, shifted_quadratic),
+    "grid+refine": ({"refine": {"rounds": 2, "keep": 0.2}}, GRID_SPACE, grid_objective),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_strategy_finds_the_optimum_region(case):
+    options, space, objective = CASES[case]
+    strategy = case.split("+")[0]
+    result = hpsearch.minimize(objective, space, strategy=strategy, trials=120, seed=0, **options)
+    assert abs(math.log10(result.best_params["lr"]) + 2) < 0.75
+    assert result.best_params["activation"] == "gelu"
+    assert result.best_value < 1.0
+    assert all(t["state"] == "complete" for t in result.trials)
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "evolution", "grid"])
+def test_same_seed_same_proposals(strategy):
+    space = GRID_SPACE if strategy == "grid" else SPACE
+    objective = grid_objective if strategy == "grid" else shifted_quadratic
+    first = hpsearch.minimize(objective, space, strategy=strategy, trials=30, seed=3)
+    second = hpsearch.minimize(objective, space, strategy=strategy, trials=30, seed=3)
+    assert [t["params"] for t in first.trials] == [t["params"] for t in second.trials]
+
+
+def test_integer_ranges_and_conditions():
+    space = {
+        "layers": {"low": 1, "high": 4},
+        "opt": {"choices": ["adam", "momentum"]},
+        "momentum": {"low": 0.5, "high": 0.99, "when": {"opt": ["momentum"]}},
+    }
+    result = hpsearch.minimize(lambda p: p["layers"], space, strategy="random", trials=40)
+    for trial in result.trials:
+        assert isinstance(trial["params"]["layers"], int)
+        assert ("momentum" in trial["params"]) == (trial["params"]["opt"] == "momentum")
+    assert result.best_value == 1
+
+
+def test_non_finite_values_fail_that_evaluation():
+    result = hpsearch.minimize(
+        lambda p: math.nan if p["x"] > 0.5 else p["x"],
+        {"x": {"low": 0.0, "high": 1.0}},
+        strategy="random",
+        trials=20,
+    )
+    states = {t["state"] for t in result.trials}
+    assert states == {"complete", "fail"}
+    assert result.best_value <= 0.5
+
+
+def test_bad_space_and_options():
+    with pytest.raises(InputError, match="low must be below high"):
+        hpsearch.minimize(lambda p: 0.0, {"x": {"low": 1.0, "high": 0.0}})
+    with pytest.raises(InputError, match="refine"):
+        hpsearch.minimize(lambda p: 0.0, SPACE, strategy="tpe", refine={"rounds": 1, "keep": 0.5})
