@@ -54,11 +54,32 @@ def timed(url: str, spec_path: Path, runs: Path, study: str, workers: int) -> fl
     started = time.perf_counter()
     # alone: the run may use every core; shared: each process gets one core's worth
     threads = os.cpu_count() if workers == 0 else 1
-    procs = [hpsearch("run", spec_path, "--storage", url, "--study", study, "--runs-dir", runs,
-                      threads=threads)]
+    procs = [
+        hpsearch(
+            "run",
+            spec_path,
+            "--storage",
+            url,
+            "--study",
+            study,
+            "--runs-dir",
+            runs,
+            threads=threads,
+        )
+    ]
     procs += [
-        hpsearch("worker", "--storage", url, "--study", study, "--runs-dir", runs / f"w{i}",
-                 "--wait", 5, threads=threads)
+        hpsearch(
+            "worker",
+            "--storage",
+            url,
+            "--study",
+            study,
+            "--runs-dir",
+            runs / f"w{i}",
+            "--wait",
+            5,
+            threads=threads,
+        )
         for i in range(workers)
     ]
     codes = [p.wait() for p in procs]
@@ -85,8 +106,10 @@ def main() -> None:
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{platform.system()} {platform.release()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.release()}"
+    )
     print(f"{args.trials} trials x {args.epochs} epochs (digits, MLP 64)")
     print(f"run alone:               {alone:6.1f} s")
     print(f"run + 2 workers:         {shared:6.1f} s")

@@ -23,6 +23,7 @@ from hpsearch.strategies import (
     best_fraction,
     check_strategy,
     make_sampler,
+    refine_points,
     round_budgets,
     tighten,
 )
@@ -73,23 +74,25 @@ def minimize(
     budgets = round_budgets(trials, rounds)
     current = params
     for index in range(rounds):
+        count = budgets[index]
         if index > 0:
             finished = [
                 (t.params, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))
             ]
             best = best_fraction(finished, search.refine.keep, maximize=False)
             current = tighten(current, [_decode(params, b) for b in best])
-        if search.strategy == "grid":
-            points = grid_points(current, None)
-            points = points[:trials] if index == 0 else points
+        if search.strategy == "grid" or index > 0:  # queued points, as in `hpsearch run`
+            if search.strategy == "grid":
+                points = grid_points(current, None)
+                points = points[:trials] if index == 0 else points
+            else:
+                points = refine_points(current, count, seed * 1009 + index, None)
             for point in points:
-                study.enqueue_trial(to_optuna_params(current, point))
+                study.enqueue_trial(to_optuna_params(params, point))
             count = len(points)
-        else:
-            count = budgets[index]
         for _ in range(count):
             trial = study.ask()
-            values = suggest(trial, current, None)
+            values = suggest(trial, params, None)
             value = float(objective(values))
             if math.isfinite(value):
                 study.tell(trial, value)

@@ -55,6 +55,7 @@ from hpsearch.strategies import (
     describe_space,
     make_pruner,
     make_sampler,
+    refine_points,
     round_budgets,
     tighten,
 )
@@ -514,15 +515,20 @@ class Search:
                 self._space_from_record(previous[-1]), _decode_points(self.params, best)
             )
         start = budget_used(self.study)
-        if self.search.strategy == "grid":
-            points = grid_points(params, self.spec)
-            if self.search.trials and index == 0:
-                points = points[: self.search.trials]
+        if index == 0 and self.search.strategy != "grid":
+            target = start + self.budgets()[0]  # the workers' sampler proposes
+        else:  # grid points, or a refine round's points inside the tightened box
+            if self.search.strategy == "grid":
+                points = grid_points(params, self.spec)
+                points = (
+                    points[: self.search.trials] if self.search.trials and index == 0 else points
+                )
+            else:
+                seed = self.spec.seed * 1009 + index
+                points = refine_points(params, self.budgets()[index], seed, self.spec)
             for point in points:
-                self.study.enqueue_trial(to_optuna_params(params, point))
+                self.study.enqueue_trial(to_optuna_params(self.params, point))
             target = start + len(points)
-        else:
-            target = start + self.budgets()[index]
         self.save_rounds(
             [
                 *previous,
@@ -546,8 +552,8 @@ class Search:
     def execute(self) -> str:
         """Plan and run every round; returns the final state."""
         for index in range(self.rounds()):
-            params, target = self.plan_round(index, self.load_rounds())
-            self.run_round(params, target, index)
+            _, target = self.plan_round(index, self.load_rounds())
+            self.run_round(target, index)
             self.wait_for_running()
             if self.out_of_time():
                 break
@@ -561,7 +567,7 @@ class Search:
             rounds = self.load_rounds()
             fresh = [r for r in rounds if r["round"] not in done]
             for record in fresh:
-                self.run_round(self._space_from_record(record), record["target"], record["round"])
+                self.run_round(record["target"], record["round"])
                 done.add(record["round"])
                 idle_since = time.time()
             if self.study.user_attrs.get(STATE_ATTR) in ("finished", "interrupted"):
@@ -581,7 +587,7 @@ class Search:
             self.report_new()
             time.sleep(1.0)
 
-    def task(self, params: list[Param], target: int, worker: int, round_index: int) -> WorkerTask:
+    def task(self, target: int, worker: int, round_index: int) -> WorkerTask:
         threads = max(1, cores() // self.workers) if self.search.mode == "caviar" else None
         # every worker (and round) samples from its own stream, or they would propose alike;
         # processes on other machines add their own identity
@@ -594,7 +600,7 @@ class Search:
             self.data,
             self.run.root,
             self.study_name,
-            params,
+            self.params,  # always the full space: refine rounds queue their points
             target,
             seed,
             threads,
@@ -602,9 +608,9 @@ class Search:
             gpu=pinned_gpu(self.device, worker),
         )
 
-    def run_round(self, params: list[Param], target: int, round_index: int) -> None:
+    def run_round(self, target: int, round_index: int) -> None:
         if self.search.mode == "panda" or self.workers == 1:
-            task = self.task(params, target, 0, round_index)
+            task = self.task(target, 0, round_index)
             task.review = self.reviewer if self.search.mode == "panda" else None
             trial_loop(task, self.progress, lambda _: self.report_new())
             return
@@ -612,7 +618,7 @@ class Search:
         processes = [
             context.Process(
                 target=_worker_main,
-                args=(self.task(params, target, w, round_index),),
+                args=(self.task(target, w, round_index),),
                 name=f"hpsearch-worker-{w}",
             )
             for w in range(self.workers)

@@ -14,8 +14,8 @@ from typing import Any
 import optuna
 
 from hpsearch.errors import InputError
-from hpsearch.space import Param
-from hpsearch.spec import SearchSpec
+from hpsearch.space import Param, suggest
+from hpsearch.spec import SearchSpec, Spec
 
 DEFAULT_TRIALS = 40
 
@@ -111,3 +111,19 @@ def tighten(params: list[Param], best_points: list[dict[str, Any]]) -> list[Para
 def describe_space(params: list[Param]) -> dict[str, Any]:
     """A JSON-ready description of a (possibly tightened) space, recorded per refine round."""
     return {p.path: p.spec.model_dump(exclude_none=True, exclude_defaults=True) for p in params}
+
+
+def refine_points(params: list[Param], count: int, seed: int, spec: Spec | None) -> list[dict]:
+    """`count` random points inside a tightened space, drawn with Optuna's RandomSampler.
+
+    A refine round queues these in the study rather than sampling the tightened space there:
+    Optuna requires a parameter's choices to stay the same throughout a study, and a tightened
+    round keeps only some of them.
+    """
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    points = []
+    for _ in range(count):
+        trial = study.ask()
+        points.append(suggest(trial, params, spec))
+        study.tell(trial, 0.0)
+    return points

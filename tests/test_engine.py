@@ -444,3 +444,31 @@ def test_damaged_journal_is_a_clear_error(tmp_path):
     (run.root / "study.log").write_text("".join(lines))
     with pytest.raises(InputError, match="line 3 of the study journal is damaged"):
         run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest"))
+
+
+def test_refine_with_choices_keeps_one_study(tmp_path):
+    """Tightened rounds keep only some choices; Optuna needs a parameter's choices fixed for a
+    study, so refine rounds queue their points and the study's space never changes."""
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "random",
+            "trials": 9,
+            "workers": 1,
+            "refine": {"rounds": 2, "keep": 0.2},
+            "space": {
+                "train.lr": {"low": 1e-4, "high": 1.0, "log": True},
+                "train.batch_size": {"choices": [8, 16, 32, 64]},
+            },
+        },
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    rounds = read_json(result.run.root / "rounds.json")
+    assert len(rounds[-1]["space"]["train.batch_size"]["choices"]) < 4
+    for record in rounds[1:]:
+        kept = record["space"]["train.batch_size"]["choices"]
+        in_round = [
+            t for t in result.summary["trials"] if record["start"] <= t["number"] < record["target"]
+        ]
+        assert in_round and all(t["params"]["train.batch_size"] in kept for t in in_round)
+    assert result.summary["counts"]["complete"] == 9
