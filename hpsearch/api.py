@@ -25,6 +25,7 @@ from hpsearch.strategies import (
     make_sampler,
     refine_points,
     round_budgets,
+    spread,
     tighten,
 )
 
@@ -83,8 +84,7 @@ def minimize(
             current = tighten(current, [_decode(params, b) for b in best])
         if search.strategy == "grid" or index > 0:  # queued points, as in `hpsearch run`
             if search.strategy == "grid":
-                points = grid_points(current, None)
-                points = points[:trials] if index == 0 else points
+                points = spread(grid_points(current, None), count)
             else:
                 points = refine_points(current, count, seed * 1009 + index, None)
             for point in points:

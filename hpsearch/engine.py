@@ -57,6 +57,7 @@ from hpsearch.strategies import (
     make_sampler,
     refine_points,
     round_budgets,
+    spread,
     tighten,
 )
 from hpsearch.study import (
@@ -483,9 +484,9 @@ class Search:
     def rounds(self) -> int:
         return 1 + (self.search.refine.rounds if self.search.refine else 0)
 
-    def budgets(self) -> list[int]:
-        if self.search.strategy == "grid":
-            return []  # each grid round is as large as its grid
+    def budgets(self) -> list[int | None]:
+        if self.search.strategy == "grid" and not self.search.trials:
+            return [None] * self.rounds()  # each grid round is as large as its grid
         return round_budgets(self.search.trials or DEFAULT_TRIALS, self.rounds())
 
     def load_rounds(self) -> list[dict[str, Any]]:
@@ -519,10 +520,7 @@ class Search:
             target = start + self.budgets()[0]  # the workers' sampler proposes
         else:  # grid points, or a refine round's points inside the tightened box
             if self.search.strategy == "grid":
-                points = grid_points(params, self.spec)
-                points = (
-                    points[: self.search.trials] if self.search.trials and index == 0 else points
-                )
+                points = spread(grid_points(params, self.spec), self.budgets()[index])
             else:
                 seed = self.spec.seed * 1009 + index
                 points = refine_points(params, self.budgets()[index], seed, self.spec)
@@ -675,7 +673,7 @@ class Search:
         )
 
     def total_budget(self) -> int | None:
-        if self.search.strategy == "grid":
+        if self.search.strategy == "grid" and not self.search.trials:
             rounds = self.load_rounds()
             return rounds[-1]["target"] if rounds else None
         return self.search.trials or DEFAULT_TRIALS

@@ -127,3 +127,12 @@ def refine_points(params: list[Param], count: int, seed: int, spec: Spec | None)
         points.append(suggest(trial, params, spec))
         study.tell(trial, 0.0)
     return points
+
+
+def spread(points: list[dict], budget: int | None) -> list[dict]:
+    """At most `budget` grid points, evenly spaced through the grid's order so that a budget
+    smaller than the grid still spans every axis (None: the whole grid)."""
+    if budget is None or len(points) <= budget:
+        return points
+    step = len(points) / budget
+    return [points[int(i * step)] for i in range(budget)]

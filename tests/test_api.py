@@ -89,3 +89,15 @@ def test_bad_space_and_options():
         hpsearch.minimize(lambda p: 0.0, {"x": {"low": 1.0, "high": 0.0}})
     with pytest.raises(InputError, match="refine"):
         hpsearch.minimize(lambda p: 0.0, SPACE, strategy="tpe", refine={"rounds": 1, "keep": 0.5})
+
+
+def test_grid_with_refine_stays_within_its_budget():
+    space = {name: {"low": 0, "high": 5, "steps": 3} for name in "abcdef"}  # 729 points
+    result = hpsearch.minimize(
+        lambda p: sum(p.values()),
+        space,
+        strategy="grid",
+        trials=60,
+        refine={"rounds": 2, "keep": 0.25},
+    )
+    assert len(result.trials) == 60

@@ -109,3 +109,14 @@ def test_refine_only_for_grid_and_random():
     spec = make_spec(search={"strategy": "tpe", "refine": {"rounds": 1, "keep": 0.2}})
     with pytest.raises(InputError, match="refine"):
         check_strategy(spec.search)
+
+
+def test_spread_keeps_the_budget_and_spans_the_grid():
+    from hpsearch.strategies import spread
+
+    points = [{"i": i} for i in range(100)]
+    chosen = spread(points, 10)
+    assert len(chosen) == 10
+    assert chosen[0] == {"i": 0} and chosen[-1]["i"] >= 90
+    assert spread(points, None) == points
+    assert spread(points[:5], 10) == points[:5]
