@@ -1,208 +1,387 @@
-"""Plots of a run (PNG, matplotlib's Agg backend), read from the run folder alone.
+"""Plots of a run (PNG), drawn from the run folder alone.
 
-matplotlib is imported inside the functions so that importing this module costs nothing.
+matplotlib and optuna are imported inside the functions, so importing this module is cheap.
+Figures are built with matplotlib's object API on an Agg canvas, never through pyplot: there is
+no global figure registry, so nothing is left open and memory does not grow over many reports.
+
+The small readers of a run's trials that the report shares (ranking, position in a search range,
+number formatting) live here too, so that `report -> plots` is the only import between the two.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.runs import RunFolder, read_json, read_jsonl
-from hpsearch.spec import Spec, load_spec
+from hpsearch.spec import ParamSpec, load_spec
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 110
+# marker and color per trial state, the same in every plot
 STATE_STYLE = {
     "complete": ("o", "tab:blue"),
-    "pruned": ("x", "tab:orange"),
-    "failed": ("x", "tab:red"),
+    "pruned": ("s", "tab:orange"),
+    "failed": ("X", "tab:red"),
 }
+MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# --- reading a run's trials (shared with the report) ----------------------------------------
 
 
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)  # no figure left behind: reports of many runs stay small
-    return path
+def rank_trials(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Complete trials with a value, best first in the objective's direction (ties: earliest)."""
+    sign = -1.0 if summary["objective"]["direction"] == "maximize" else 1.0
+    scored = [
+        t for t in summary["trials"] if t["state"] == "complete" and t.get("value") is not None
+    ]
+    return sorted(scored, key=lambda t: (sign * t["value"], t["number"]))
 
 
-def _ranked(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    maximize = summary["objective"]["direction"] == "maximize"
-    complete = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
-    return sorted(complete, key=lambda t: -t["value"] if maximize else t["value"])
+def choices_of(param: ParamSpec) -> list[Any]:
+    """The choices or explicit grid values of a parameter that is not a low/high range."""
+    return list(param.choices if param.choices is not None else param.values or [])
 
 
-def best_so_far(summary: dict[str, Any], path: Path) -> Path:
-    """Each trial's objective value, and the running best as a step line."""
-    plt = _pyplot()
-    metric = summary["objective"]["metric"]
-    maximize = summary["objective"]["direction"] == "maximize"
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for state, (marker, color) in STATE_STYLE.items():
-        points = [
-            (t["number"], t["value"])
-            for t in summary["trials"]
-            if t["state"] == state and t["value"] is not None
-        ]
-        if points:
-            ax.scatter(*zip(*points, strict=True), marker=marker, color=color, label=state, s=25)
-    best, steps = None, []
-    for trial in sorted(summary["trials"], key=lambda t: t["number"]):
-        value = trial["value"] if trial["state"] == "complete" else None
+def range_position(param: ParamSpec, value: Any) -> float:
+    """Where `value` lies among the parameter's values: 0 at low (first choice), 1 at high (last).
+
+    Log ranges are measured on the log axis, where the sampler spreads them evenly. NaN for a
+    value that is not one of the choices.
+    """
+    if not param.is_range:
+        options = choices_of(param)
+        if value not in options:
+            return math.nan
+        return options.index(value) / (len(options) - 1) if len(options) > 1 else 0.5
+    low, high, at = param.low, param.high, float(value)
+    if param.log:
+        if at <= 0:
+            return math.nan
+        low, high, at = math.log10(low), math.log10(high), math.log10(at)
+    return (at - low) / (high - low)
+
+
+def short_number(value: float) -> str:
+    """Three significant digits; powers of ten for the very small or large (1.2e-4, 1e3)."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value != 0 and math.isfinite(value) and not 1e-3 <= abs(value) < 1e3:
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:.3g}"
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value as people write it: 0.001, [256, 128], patience=20, none."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return short_number(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+# --- figures ------------------------------------------------------------------------------
+
+
+def _new_axes(width: float = 7.0, height: float = 4.2) -> tuple[Figure, Axes]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)  # Agg whatever backend pyplot may have picked in this process
+    return figure, figure.add_subplot()
+
+
+def _objective(summary: Mapping[str, Any]) -> tuple[str, bool]:
+    objective = summary["objective"]
+    return objective["metric"], objective["direction"] == "maximize"
+
+
+def running_best(trials: list[dict[str, Any]], maximize: bool) -> list[tuple[int, float]]:
+    """(trial number, best complete value so far), from the first complete trial on."""
+    steps: list[tuple[int, float]] = []
+    best: float | None = None
+    for trial in sorted(trials, key=lambda t: t["number"]):
+        value = trial.get("value") if trial["state"] == "complete" else None
         if value is not None and (best is None or (value > best if maximize else value < best)):
             best = value
         if best is not None:
             steps.append((trial["number"], best))
-    if steps:
-        ax.step(*zip(*steps, strict=True), where="post", color="black", label="best so far")
-    ax.set(xlabel="trial", ylabel=metric, title=f"{metric} by trial")
-    ax.legend(loc="best", fontsize="small")
-    return _save(fig, path)
+    return steps
 
 
-def parameter_plot(summary: dict[str, Any], spec: Spec, name: str, path: Path) -> Path:
-    """Objective against one parameter: a log axis for log ranges, a strip for choices."""
-    plt = _pyplot()
-    metric = summary["objective"]["metric"]
-    param = spec.search.space[name]
-    trials = [t for t in _ranked(summary) if name in t["params"]]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if param.is_range:
-        ax.scatter([t["params"][name] for t in trials], [t["value"] for t in trials], s=25)
-        if param.log:
-            ax.set_xscale("log")
-        ax.set_xlabel(f"{name} ({'log' if param.log else 'linear'} scale)")
-    else:
-        labels = [str(c) for c in (param.choices or param.values or [])]
-        for trial in trials:
-            ax.scatter(
-                labels.index(str(trial["params"][name])), trial["value"], color="tab:blue", s=25
-            )
-        ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize="small")
-        ax.set_xlabel(name)
-    ax.set(ylabel=metric, title=f"{metric} vs {name}")
-    return _save(fig, path)
+def best_so_far_figure(summary: Mapping[str, Any]) -> Figure | None:
+    """Each trial's objective value as a point, and the running best as a step line."""
+    from matplotlib.ticker import MaxNLocator
 
-
-def learning_curves(run: RunFolder, trials: list[int], path: Path) -> Path:
-    """Train and dev loss per epoch of the given trials (solid train, dashed dev)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, number in enumerate(trials):
-        epochs = [r for r in read_jsonl(run.trial(number).metrics) if "train_loss" in r]
-        if not epochs:
-            continue
-        color = colors[index % len(colors)]
-        x = [r["epoch"] for r in epochs]
-        ax.plot(x, [r["train_loss"] for r in epochs], color=color, label=f"trial {number} train")
-        ax.plot(
-            x,
-            [r["dev_loss"] for r in epochs],
-            color=color,
-            linestyle="--",
-            label=f"trial {number} dev",
-        )
-    ax.set(xlabel="epoch", ylabel="loss", title="learning curves (train solid, dev dashed)")
-    ax.legend(fontsize="x-small", ncol=2)
-    return _save(fig, path)
-
-
-def _axis_position(spec: Spec, name: str, value: Any) -> float:
-    param = spec.search.space[name]
-    if not param.is_range:
-        options = [str(c) for c in (param.choices or param.values or [])]
-        return options.index(str(value)) / max(1, len(options) - 1)
-    low, high, value = param.low, param.high, float(value)
-    if param.log:
-        low, high, value = math.log10(low), math.log10(high), math.log10(value)
-    return (value - low) / (high - low) if high > low else 0.5
-
-
-def parallel_coordinates(summary: dict[str, Any], spec: Spec, path: Path) -> Path:
-    """One line per complete trial across the varied parameters, colored by objective."""
-    plt = _pyplot()
-    names = list(spec.search.space)
-    trials = _ranked(summary)
-    values = [t["value"] for t in trials]
-    low, high = min(values), max(values)
-    cmap = plt.get_cmap(
-        "viridis_r" if summary["objective"]["direction"] == "minimize" else "viridis"
-    )
-    fig, ax = plt.subplots(figsize=(max(6, 2 * len(names)), 4))
-    for trial in reversed(trials):  # best drawn last, on top
-        ys = [
-            _axis_position(spec, n, trial["params"][n]) if n in trial["params"] else math.nan
-            for n in names
-        ]
-        shade = (trial["value"] - low) / (high - low) if high > low else 1.0
-        ax.plot(range(len(names)), ys, color=cmap(shade), alpha=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=15, fontsize="small")
-    ax.set(
-        ylabel="position in range (log axis for log ranges)",
-        ylim=(-0.05, 1.05),
-        title=f"parallel coordinates, colored by {summary['objective']['metric']}",
-    )
-    return _save(fig, path)
-
-
-def importance(run: RunFolder, summary: dict[str, Any], path: Path) -> Path | None:
-    """Optuna's parameter importances (fANOVA) for the study in the run folder's journal."""
-    import optuna
-
-    if not run.study_log.exists():
+    trials = summary["trials"]
+    if not trials:
         return None
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(run.study_log))
+    metric, maximize = _objective(summary)
+    figure, ax = _new_axes()
+    for state, (marker, color) in STATE_STYLE.items():
+        mine = [t for t in trials if t["state"] == state]
+        scored = [(t["number"], t["value"]) for t in mine if t.get("value") is not None]
+        unscored = [t["number"] for t in mine if t.get("value") is None]
+        if scored:
+            xs, ys = zip(*scored, strict=True)
+            ax.scatter(xs, ys, marker=marker, color=color, label=state, zorder=3)
+        if unscored:  # no value to place: a mark along the bottom edge of the plot
+            ax.scatter(
+                unscored,
+                [0.03] * len(unscored),
+                marker=marker,
+                color=color,
+                label=f"{state} (no value)",
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                zorder=3,
+            )
+    steps = running_best(trials, maximize)
+    if steps:
+        xs, ys = zip(*steps, strict=True)
+        ax.step(xs, ys, where="post", color="black", label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(
+        xlabel="trial number",
+        ylabel=metric,
+        title=f"{metric} per trial and best so far ({'maximize' if maximize else 'minimize'})",
     )
+    ax.legend(fontsize="small")
+    return figure
+
+
+def parameter_figure(summary: Mapping[str, Any], path: str, param: ParamSpec) -> Figure | None:
+    """The objective against one parameter: a log x-axis for log ranges, a box and strip plot
+    per choice for choices. None when no complete trial used the parameter."""
+    trials = [t for t in rank_trials(summary) if path in t["params"]]
+    if not trials:
+        return None
+    metric, _ = _objective(summary)
+    figure, ax = _new_axes(6.5, 4.2)
+    if param.is_range:
+        xs = [t["params"][path] for t in trials]
+        best_x = xs[0]
+        ax.scatter(xs, [t["value"] for t in trials], color="tab:blue", label="complete trial")
+        for bound in (param.low, param.high):
+            ax.axvline(bound, color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log" if param.log else "linear")
+        xlabel = f"{path} ({'log' if param.log else 'linear'} scale; dotted: search range)"
+    else:
+        best_x = _strip_plot(ax, trials, path, choices_of(param))
+        xlabel = f"{path} (choices)"
+    ax.scatter(
+        [best_x],
+        [trials[0]["value"]],
+        marker="*",
+        s=220,
+        color="gold",
+        edgecolor="black",
+        label=f"best: trial {trials[0]['number']}",
+        zorder=4,
+    )
+    ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric} vs {path}")
+    ax.legend(fontsize="small")
+    return figure
+
+
+def _strip_plot(ax: Axes, trials: list[dict[str, Any]], path: str, options: list[Any]) -> float:
+    """A box per choice with its trials spread across it; returns the best trial's x."""
+    for value in (t["params"][path] for t in trials):
+        if value not in options:  # e.g. a value set by hand in the study: show it too
+            options = [*options, value]
+    groups = [[t["value"] for t in trials if t["params"][path] == o] for o in options]
+    filled = [i for i, values in enumerate(groups) if values]
+    ax.boxplot(
+        [groups[i] for i in filled],
+        positions=filled,
+        widths=0.5,
+        showfliers=False,
+        manage_ticks=False,
+    )
+    for i in filled:
+        n = len(groups[i])
+        # an even, repeatable spread instead of random jitter
+        xs = [i + (0.3 * (j / (n - 1) - 0.5) if n > 1 else 0.0) for j in range(n)]
+        ax.scatter(xs, groups[i], color="tab:blue", alpha=0.7, s=18, zorder=3)
+    ax.set_xticks(range(len(options)), [format_value(o) for o in options], fontsize="small")
+    return float(options.index(trials[0]["params"][path]))
+
+
+def _epochs(run: RunFolder, number: int) -> list[dict[str, Any]]:
     try:
-        study = optuna.load_study(study_name=summary["study"], storage=storage)
-        scores = optuna.importance.get_param_importances(study)
-    except Exception:  # too few or too uniform trials: no importance to show
+        records = read_jsonl(run.trial(number).metrics)
+    except (OSError, ValueError):  # a trial killed mid-write: draw the others
+        return []
+    return [r for r in records if _finite(r.get("train_loss")) and _finite(r.get("dev_loss"))]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def learning_curves_figure(run: RunFolder, numbers: list[int]) -> Figure | None:
+    """Train (solid) and dev (dashed) loss per epoch of the given trials, one color each."""
+    curves = {n: epochs for n in numbers if (epochs := _epochs(run, n))}
+    if not curves:
+        return None
+    figure, ax = _new_axes()
+    losses: list[float] = []
+    for index, (number, epochs) in enumerate(curves.items()):
+        color = f"C{index % 10}"
+        x = [r["epoch"] for r in epochs]
+        train, dev = [r["train_loss"] for r in epochs], [r["dev_loss"] for r in epochs]
+        ax.plot(x, train, color=color, label=f"trial {number} train")
+        ax.plot(x, dev, color=color, linestyle="--", label=f"trial {number} dev")
+        losses += train + dev
+    # losses that fall by orders of magnitude are only readable on a log axis
+    log = min(losses) > 0 and max(losses) / min(losses) > 100
+    ax.set_yscale("log" if log else "linear")
+    which = f"top {len(curves)} trials" if len(curves) > 1 else f"trial {next(iter(curves))}"
+    ax.set(
+        xlabel="epoch",
+        ylabel=f"loss ({'log' if log else 'linear'} scale)",
+        title=f"learning curves of the {which} (train solid, dev dashed)",
+    )
+    ax.legend(fontsize="x-small", ncol=2)
+    return figure
+
+
+def parallel_coordinates_figure(
+    summary: Mapping[str, Any], space: Mapping[str, ParamSpec]
+) -> Figure | None:
+    """One line per complete trial across the searched parameters, each axis its range mapped
+    to [0, 1] (log ranges on the log axis), colored by the objective; the best drawn on top."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    trials = rank_trials(summary)
+    names = list(space)
+    if len(names) < 2 or len(trials) < 2:
+        return None
+    metric, maximize = _objective(summary)
+    values = [t["value"] for t in trials]
+    norm = Normalize(min(values), max(values))
+    cmap = colormaps["viridis" if maximize else "viridis_r"]  # the best trials bright yellow
+    figure, ax = _new_axes(max(7.0, 1.8 * len(names) + 2), 4.5)
+    for trial in reversed(trials):
+        ys = [range_position(space[n], trial["params"].get(n, math.nan)) for n in names]
+        best = trial is trials[0]
+        ax.plot(
+            range(len(names)),
+            ys,
+            color=cmap(norm(trial["value"])),
+            linewidth=3 if best else 1.2,
+            alpha=1 if best else 0.75,
+            marker="o",
+            markersize=3,
+        )
+    for x, name in enumerate(names):
+        ax.axvline(x, color="grey", linewidth=0.8)
+        for y, text in _axis_labels(space[name]):
+            ax.annotate(text, (x, y), xytext=(4, 0), textcoords="offset points", fontsize="x-small")
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize="small")
+    ax.set_yticks([0, 1], ["low", "high"])
+    ax.set(
+        ylim=(-0.05, 1.05),
+        ylabel="position in range (log ranges on a log axis)",
+        title=f"parallel coordinates of {len(trials)} complete trials, colored by {metric}",
+    )
+    figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    return figure
+
+
+def _axis_labels(param: ParamSpec) -> list[tuple[float, str]]:
+    """What the ends (or each choice) of a parallel-coordinates axis stand for."""
+    if param.is_range:
+        return [(0.0, short_number(param.low)), (1.0, short_number(param.high))]
+    options = choices_of(param)
+    if len(options) > 8:
+        options = [options[0], options[-1]]
+    return [(range_position(param, o), format_value(o)) for o in options]
+
+
+def importance_figure(run: RunFolder, study_name: str | None) -> Figure | None:
+    """Optuna's parameter importances (fANOVA) for the study in the run's journal file.
+
+    None when there is no journal, or Optuna cannot compute them (a damaged journal, too few
+    or too alike trials): the report goes on without this plot.
+    """
+    if not run.study_log.is_file():
+        return None
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    try:
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(run.study_log))
+        )
+        # no name: the journal's only study
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    except Exception:
         return None
     if not scores:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(scores) + 1.5))
-    names = list(scores)[::-1]
-    ax.barh(names, [scores[n] for n in names], color="tab:blue")
-    ax.set(xlabel="importance (fANOVA)", title="which parameters mattered")
-    return _save(fig, path)
+    figure, ax = _new_axes(6.5, 1.6 + 0.45 * len(scores))
+    names = list(scores)[::-1]  # the most important on top
+    bars = ax.barh(names, [scores[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", padding=3, fontsize="small")
+    ax.set(
+        xlim=(0, 1.15 * max(scores.values()) or 1),
+        xlabel="importance (fANOVA: share of the objective's variance; sums to 1)",
+        title=f"parameter importance over {complete} complete trials",
+    )
+    return figure
 
 
 def write_plots(run: RunFolder, top: int = 5) -> dict[str, Path]:
-    """Every plot that applies to the run, written to `run/report/`; name -> path."""
+    """Draw every plot that applies to the run into `run.report_dir`; returns name -> PNG path.
+
+    A search gets: best_so_far, learning_curves (the `top` trials), param_<path> per searched
+    parameter, parallel_coordinates (2+ parameters) and importance (2+ parameters, 4+ complete
+    trials, a journal file). One model (no search) gets its learning curve only.
+    """
     summary = read_json(run.summary)
     spec = load_spec(run.spec)
-    out = run.report_dir
-    ranked = _ranked(summary)
-    plots: dict[str, Path] = {}
+    space = spec.search.space if spec.search else {}
+    ranked = rank_trials(summary)
     top_numbers = [t["number"] for t in ranked[:top]]
-    if top_numbers:
-        plots["learning_curves"] = learning_curves(run, top_numbers, out / "learning_curves.png")
-    if spec.search is None or not summary["trials"]:
-        return plots
-    plots["best_so_far"] = best_so_far(summary, out / "best_so_far.png")
-    if ranked:
-        for name in spec.search.space:
-            slug = name.replace(".", "_")
-            plots[f"param_{slug}"] = parameter_plot(summary, spec, name, out / f"param_{slug}.png")
-        if len(spec.search.space) >= 2:
-            plots["parallel_coordinates"] = parallel_coordinates(
-                summary, spec, out / "parallel_coordinates.png"
-            )
-    if len(spec.search.space) >= 2 and len(ranked) >= 4:
-        path = importance(run, summary, out / "importance.png")
-        if path is not None:
-            plots["importance"] = path
-    return plots
+    plans: list[tuple[str, Callable[[], Figure | None]]] = []
+    if space:
+        plans.append(("best_so_far", partial(best_so_far_figure, summary)))
+    plans.append(("learning_curves", partial(learning_curves_figure, run, top_numbers)))
+    for path, param in space.items():
+        plans.append((f"param_{path}", partial(parameter_figure, summary, path, param)))
+    if space:
+        plans.append(("parallel_coordinates", partial(parallel_coordinates_figure, summary, space)))
+    if len(space) >= 2 and len(ranked) >= MIN_TRIALS_FOR_IMPORTANCE:
+        plans.append(("importance", partial(importance_figure, run, summary.get("study"))))
+    written: dict[str, Path] = {}
+    for name, draw in plans:  # draw and save one at a time: one figure in memory at most
+        figure = draw()
+        if figure is not None:
+            written[name] = _save(figure, run.report_dir / f"{name}.png")
+    return written
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path

@@ -1,385 +1,679 @@
-"""Explain a run: rich tables for the terminal, markdown for CI job summaries, one
-self-contained HTML file, and the JSON summary. Reads only the run folder."""
+"""Explain a run from its folder: rich tables for the terminal, markdown for CI job summaries,
+one self-contained HTML file, and the list of runs. The JSON format is summary.json itself.
+
+Every format renders the same plain pieces (header rows, trial rows, settings, diagnosis lines,
+warnings), built once below, so the formats cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from rich.columns import Columns
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from hpsearch.diagnosis import Diagnosis, GroupErrors, summary_lines
+from hpsearch.diagnosis import (
+    DEFAULT_TOLERANCE,
+    Diagnosis,
+    diagnose,
+    mismatch_ordering,
+    summary_lines,
+)
 from hpsearch.errors import InputError
-from hpsearch.runs import RunFolder, latest_run, list_runs, read_json
+from hpsearch.plots import format_value, range_position, rank_trials, short_number, write_plots
+from hpsearch.runs import RunFolder, latest_run, list_runs, read_json, write_text
 from hpsearch.space import apply_params
-from hpsearch.spec import Spec, load_spec
+from hpsearch.spec import ParamSpec, Spec, load_spec
 
-EDGE = 0.05  # a best value in the outer 5% of its range is "on the edge"
+EDGE = 0.05  # a best value in the outer 5% of its range (log axis for log ranges) is on the edge
+CONFIDENCE = 0.95
+LEARNING_CURVES = 5  # more curves than this on one plot cannot be told apart
+_FOLDER_STAMP = re.compile(r"(\d{8}-\d{6})(?:-\d+)?$")  # runs.create_run's name suffix
 
 
-@dataclass
+@dataclass(frozen=True)
 class Report:
+    """Everything the renderers show, read once from a run folder."""
+
     run: RunFolder
     summary: dict[str, Any]
     spec: Spec
     env: dict[str, Any]
     split: dict[str, Any]
-    ranked: list[dict[str, Any]]  # top complete trials, best first
-    varied: list[str]  # parameter names the search varied
-    best_settings: dict[str, Any]  # the best trial's full model and train sections
-    dev_interval: tuple[float, float] | None  # 95% interval of the best dev error
-    warnings: list[str] = field(default_factory=list)
+    ranked: list[dict[str, Any]]  # the top complete trials, best first
+    varied: list[str]  # the parameters the search varied (search.space paths)
+    best_settings: dict[str, dict[str, Any]]  # the best trial's full model and train sections
+    dev_interval: tuple[float, float] | None  # 95% interval of the best trial's dev error
+    diagnosis: Diagnosis | None
+    warnings: list[str]
 
     @property
     def metric(self) -> str:
         return self.summary["objective"]["metric"]
 
+    @property
+    def direction(self) -> str:
+        return self.summary["objective"]["direction"]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Trials by state: complete, pruned, failed."""
+        return self.summary.get("counts") or {}
+
+    @property
+    def failure_reasons(self) -> dict[str, int]:
+        return self.summary.get("failure_reasons") or {}
+
+    @property
+    def wall_seconds(self) -> float | None:
+        return self.summary.get("wall_seconds")
+
+    @property
+    def device(self) -> str | None:
+        return self.env.get("device")
+
+    @property
+    def dev_size(self) -> int | None:
+        return _dev_size(self.split)
+
+    @property
+    def errors_are_rates(self) -> bool:
+        """Classification errors are fractions misclassified; regression errors are not."""
+        return _task(self.split, self.spec) != "regression"
+
+    def format_error(self, value: float | None) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.2%}" if self.errors_are_rates else short_number(float(value))
+
+
+# --- finding and reading a run ----------------------------------------------------------------
+
 
 def resolve_run(run: str | None, runs_dir: Path) -> RunFolder:
-    """A run folder path, a folder name under runs_dir, or None for the newest run."""
+    """A run folder path, a folder name under `runs_dir`, or None for the newest run there."""
     if run is None:
         folder = latest_run(runs_dir)
         if folder is None:
-            raise InputError(f"no run folders under {runs_dir}; run `hpsearch run SPEC` first")
+            raise InputError(f"no run folders in {runs_dir}; start one with `hpsearch run SPEC`")
     else:
-        candidates = [Path(run), runs_dir / run]
-        folder = next((RunFolder(p) for p in candidates if (p / "spec.yaml").is_file()), None)
+        candidates = (Path(run), runs_dir / run)
+        folder = next((RunFolder(p) for p in candidates if p.is_dir()), None)
         if folder is None:
-            raise InputError(f"no run folder '{run}' (looked in {runs_dir})")
+            raise InputError(f"no run folder '{run}' (neither a folder nor a run in {runs_dir})")
     if not folder.summary.is_file():
-        raise InputError(f"{folder.root} has no summary.json yet (the run never started a trial)")
+        raise InputError(
+            f"{folder.root} has no summary.json: not a run folder, or its run has not "
+            "finished a trial yet"
+        )
     return folder
 
 
-def _read(path: Path) -> dict[str, Any]:
-    return read_json(path) if path.is_file() else {}
-
-
-def rank(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    maximize = summary["objective"]["direction"] == "maximize"
-    complete = [t for t in summary["trials"] if t["state"] == "complete" and t["value"] is not None]
-    return sorted(complete, key=lambda t: (-t["value"] if maximize else t["value"], t["number"]))
-
-
-def wilson_interval(errors: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for an error rate measured on n examples."""
-    if n <= 0:
-        return (0.0, 1.0)
-    center = (errors + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(errors * (1 - errors) / n + z * z / (4 * n * n))
-    return (max(0.0, center - half), min(1.0, center + half))
-
-
-def edge_warnings(spec: Spec, best: dict[str, Any]) -> list[str]:
-    """A best value in the outer 5% of its range suggests the range should be wider."""
-    out = []
-    for name, param in spec.search.space.items() if spec.search else []:
-        value = best["params"].get(name)
-        if not param.is_range or value is None:
-            continue
-        low, high, at = param.low, param.high, float(value)
-        if param.log:
-            low, high, at = math.log10(low), math.log10(high), math.log10(at)
-        position = (at - low) / (high - low)
-        if position <= EDGE:
-            out.append(
-                f"{name}: the best value {value:.3g} is at the low edge of "
-                f"[{param.low:g}, {param.high:g}]; widen the range below {param.low:g}"
-            )
-        elif position >= 1 - EDGE:
-            out.append(
-                f"{name}: the best value {value:.3g} is at the high edge of "
-                f"[{param.low:g}, {param.high:g}]; widen the range above {param.high:g}"
-            )
-    return out
-
-
-def _warnings(
-    summary: dict[str, Any],
-    spec: Spec,
-    ranked: list[dict[str, Any]],
-    interval: tuple[float, float] | None,
-) -> list[str]:
-    out: list[str] = []
-    if not ranked:
-        out.append("no trial completed: see the failure reasons above")
-        return out
-    out.extend(edge_warnings(spec, ranked[0]))
-    if interval is not None and len(ranked) >= 2:
-        gap = abs(ranked[1]["metrics"].get("dev_error", 0) - ranked[0]["metrics"]["dev_error"])
-        half = (interval[1] - interval[0]) / 2
-        if half > gap:
-            out.append(
-                f"the dev set is too small to tell the top trials apart: their dev errors differ "
-                f"by {gap:.2%}, but the best one's 95% interval is ±{half:.2%} (a bigger dev split "
-                "would resolve it: data.split)"
-            )
-    diverged = [t for t in summary["trials"] if t["reason"] == "diverged"]
-    if diverged:
-        rates = sorted({t["params"].get("train.lr") for t in diverged} - {None})
-        shown = f" (train.lr {', '.join(f'{r:.3g}' for r in rates)})" if rates else ""
-        out.append(
-            f"{len(diverged)} trial(s) diverged{shown}: lower the learning rate range or "
-            "clip gradients (train.grad_clip)"
-        )
-    return out
+def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        if not required:  # env.json and split.json only add detail to the report
+            return {}
+        raise InputError(f"cannot read {path.name}: {exc}", source=str(path)) from None
 
 
 def load_report(run: RunFolder, top: int = 10) -> Report:
-    summary = read_json(run.summary)
+    """Read a run folder into everything the renderers show; `top` trials are listed."""
+    summary = _read_json(run.summary, required=True)
     spec = load_spec(run.spec)
-    split = _read(run.split)
-    ranked = rank(summary)
+    split = _read_json(run.split)
+    dev_size = _dev_size(split)
+    ranked = rank_trials(summary)
     best = ranked[0] if ranked else None
-    best_spec = apply_params(spec, best["params"]) if best else spec
     interval = None
-    dev_size = (split.get("splits") or {}).get("dev", {}).get("size")
-    if best and split.get("task") != "regression" and dev_size and "dev_error" in best["metrics"]:
-        interval = wilson_interval(best["metrics"]["dev_error"], dev_size)
+    if best is not None and _task(split, spec) != "regression":
+        interval = dev_error_interval(best, dev_size)
     return Report(
         run=run,
         summary=summary,
         spec=spec,
-        env=_read(run.env),
+        env=_read_json(run.env),
         split=split,
         ranked=ranked[:top],
         varied=list(spec.search.space) if spec.search else [],
-        best_settings=best_spec.model_dump(mode="json", include={"model", "train"}),
+        best_settings=best_settings(spec, best),
         dev_interval=interval,
-        warnings=_warnings(summary, spec, ranked, interval),
+        diagnosis=diagnosis_of(summary),
+        warnings=collect_warnings(summary, spec, ranked, interval, dev_size),
     )
 
 
-# --- text shared by every format --------------------------------------------------------------
+def _dev_size(split: dict[str, Any]) -> int | None:
+    return ((split.get("splits") or {}).get("dev") or {}).get("size")
 
 
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2%}"
+def _task(split: dict[str, Any], spec: Spec) -> str:
+    return split.get("task") or spec.data.task
 
 
-def _value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def best_settings(spec: Spec, best: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The model and train sections the best trial ran with (the spec with its params applied)."""
+    resolved = apply_params(spec, best["params"]) if best else spec
+    return resolved.model_dump(mode="json", include={"model", "train"})
 
 
-def header_lines(report: Report) -> list[str]:
-    s = report.summary
-    counts = ", ".join(f"{n} {state}" for state, n in s["counts"].items())
-    reasons = ", ".join(f"{r}: {n}" for r, n in (s.get("failure_reasons") or {}).items())
-    wall = s.get("wall_seconds")
-    lines = [
-        f"run: {s['run']}",
-        f"spec: {s['name']}   strategy: {s['strategy'] or 'single model'}   "
-        f"mode: {s['mode'] or '—'}   state: {s['state']}",
-        f"trials: {counts}" + (f"   (failed: {reasons})" if reasons else ""),
-        f"objective: {s['objective']['direction']} {report.metric}   "
-        f"wall time: {f'{wall:.1f} s' if wall is not None else '—'}   "
-        f"device: {report.env.get('device', '—')}",
+def binomial_interval(rate: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of an error rate measured on `n` examples."""
+    from scipy.stats import binomtest  # scipy comes with scikit-learn; only reports need it
+
+    errors = min(n, max(0, round(rate * n)))
+    ci = binomtest(errors, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def dev_error_interval(best: dict[str, Any], dev_size: int | None) -> tuple[float, float] | None:
+    """The 95% interval of the best trial's dev error rate, when the dev set size is known."""
+    error = best["metrics"].get("dev_error")
+    if not dev_size or error is None or not 0 <= error <= 1:
+        return None
+    return binomial_interval(error, dev_size)
+
+
+def diagnosis_of(summary: dict[str, Any]) -> Diagnosis | None:
+    """The summary's diagnosis as a `Diagnosis`: recomputed from its errors (the wording of
+    `hpsearch diagnose`), with the run's own recommendations, which quote the run's settings."""
+    stored, best = summary.get("diagnosis"), summary.get("best")
+    if not stored or not best:
+        return None
+    metrics = best.get("metrics") or {}
+
+    def error(name: str) -> float | None:
+        return stored.get(name, metrics.get(name))
+
+    if error("train_error") is None or error("dev_error") is None:
+        return None
+    try:
+        diagnosis = diagnose(
+            error("train_error"),
+            error("dev_error"),
+            test_error=error("test_error"),
+            human_level_error=stored.get("human_level_error"),
+            bayes_error=stored.get("bayes_error"),
+            tolerance=stored.get("tolerance", DEFAULT_TOLERANCE),
+            groups=stored.get("groups"),
+        )
+    except ValueError:  # a summary edited by hand: report without a diagnosis, not a traceback
+        return None
+    return replace(diagnosis, recommendations=tuple(stored.get("recommendations") or ()))
+
+
+# --- warnings -------------------------------------------------------------------------------
+
+
+def collect_warnings(
+    summary: dict[str, Any],
+    spec: Spec,
+    ranked: list[dict[str, Any]],
+    interval: tuple[float, float] | None,
+    dev_size: int | None,
+) -> list[str]:
+    """Everything in the run that should change how its result is read or the next search."""
+    if not ranked:
+        warnings = [no_trial_warning(summary)]
+    else:
+        space = spec.search.space if spec.search else {}
+        warnings = edge_warnings(space, ranked[0]["params"])
+        warnings += resolution_warnings(ranked, interval, dev_size)
+    return warnings + divergence_warnings(summary["trials"], spec)
+
+
+def edge_warnings(space: dict[str, ParamSpec], params: dict[str, Any]) -> list[str]:
+    """A best value in the outer 5% of its range: the best may lie beyond it."""
+    out = []
+    for path, param in space.items():
+        value = params.get(path)
+        if not param.is_range or value is None:
+            continue
+        position = range_position(param, value)
+        low, high = short_number(param.low), short_number(param.high)
+        where = f"{path}: best value {short_number(value)} is at the"
+        if position <= EDGE:
+            hint = (
+                f"widen the range below {low}"
+                if param.low != 0
+                else "it cannot go lower, so consider fixing it at 0"
+            )
+            out.append(f"{where} low edge of [{low}, {high}]; {hint}")
+        elif position >= 1 - EDGE:
+            out.append(f"{where} high edge of [{low}, {high}]; widen the range above {high}")
+    return out
+
+
+def resolution_warnings(
+    ranked: list[dict[str, Any]], interval: tuple[float, float] | None, dev_size: int | None
+) -> list[str]:
+    """Top trials closer together than the dev set's sampling noise cannot be told apart."""
+    if interval is None or len(ranked) < 2:
+        return []
+    first, second = ranked[0], ranked[1]
+    best, runner_up = first["metrics"].get("dev_error"), second["metrics"].get("dev_error")
+    if best is None or runner_up is None:
+        return []
+    gap, half_width = abs(runner_up - best), (interval[1] - interval[0]) / 2
+    if half_width <= gap:
+        return []
+    return [
+        "the top trials differ by less than the dev set can resolve: dev error "
+        f"{best:.2%} (trial {first['number']}) vs {runner_up:.2%} (trial {second['number']}) "
+        f"is a gap of {gap:.2%}, but the best one's 95% interval on {dev_size} dev examples "
+        f"is ±{half_width:.2%}; a bigger dev split (data.split) would tell them apart"
     ]
-    return lines
+
+
+def divergence_warnings(trials: list[dict[str, Any]], spec: Spec) -> list[str]:
+    """Trials whose loss blew up, with the learning rates that did it."""
+    diverged = [t for t in trials if t.get("reason") == "diverged"]
+    if not diverged:
+        return []
+    rates = sorted({float(t["params"].get("train.lr", spec.train.lr)) for t in diverged})
+    count = f"{len(diverged)} trial{'s' if len(diverged) > 1 else ''} diverged"
+    shown = ", ".join(short_number(r) for r in rates)
+    return [
+        f"{count} (train.lr {shown}): keep train.lr below {short_number(rates[0])}, "
+        "or clip gradients (train.grad_clip)"
+    ]
+
+
+def no_trial_warning(summary: dict[str, Any]) -> str:
+    reasons = summary.get("failure_reasons") or {}
+    why = ", ".join(f"{reason}: {n}" for reason, n in reasons.items())
+    return "no trial completed" + (f" ({why})" if why else "") + ": there is no result to judge"
+
+
+# --- the pieces every format shows ------------------------------------------------------------
+
+
+def header_rows(report: Report) -> list[tuple[str, str]]:
+    s = report.summary
+    strategy = s.get("strategy")
+    return [
+        ("run", str(report.run.root)),
+        ("spec", s["name"]),
+        ("search", f"{strategy}, {s.get('mode')} mode" if strategy else "none (one model)"),
+        ("state", s.get("state", "—")),
+        ("trials", trial_counts(report)),
+        ("objective", f"{report.direction} {report.metric}"),
+        ("wall time", _duration(report.wall_seconds)),
+        ("device", report.device or "—"),
+    ]
+
+
+def trial_counts(report: Report) -> str:
+    """'12 complete, 0 pruned, 2 failed (diverged: 2)'."""
+    counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in report.failure_reasons.items())
+    return counts + (f" ({reasons})" if reasons else "")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The ranked trials: their searched parameters, train and dev error (and the objective
+    when it is not the dev error). Parameters are headed by their last key (train.lr -> lr)."""
+    names = _column_names(report.varied)
+    extra = [] if report.metric == "dev_error" else [report.metric]
+    head = ["rank", "trial", *names, "train error", "dev error", *extra]
+    rows = []
+    for position, trial in enumerate(report.ranked, start=1):
+        metrics = trial["metrics"]
+        rows.append(
+            [
+                str(position),
+                str(trial["number"]),
+                *(_compact(trial["params"].get(p, "—")) for p in report.varied),
+                report.format_error(metrics.get("train_error")),
+                report.format_error(metrics.get("dev_error")),
+                *(short_number(float(trial["value"])) for _ in extra),
+            ]
+        )
+    return head, rows
+
+
+def _compact(value: Any) -> str:
+    """A table cell: lists without spaces ([256,128]) so they do not wrap."""
+    text = format_value(value)
+    return text.replace(", ", ",") if isinstance(value, list) else text
+
+
+def _column_names(paths: list[str]) -> list[str]:
+    short = [p.split(".")[-1] for p in paths]
+    return short if len(set(short)) == len(short) else list(paths)
+
+
+def _top_title(report: Report, shown: int) -> str:
+    return f"Top {shown} trial{'s' if shown != 1 else ''} by {report.metric}"
 
 
 def best_lines(report: Report) -> list[str]:
     best = report.summary.get("best")
     if not best:
-        return ["no complete trial"]
-    metrics = best["metrics"]
+        return ["no trial completed, so there is no best trial"]
+    metrics, fmt = best["metrics"], report.format_error
     lines = [
-        f"best trial {best['trial']}: train error {_pct(metrics.get('train_error'))}, "
-        f"dev error {_pct(metrics.get('dev_error'))}, test error {_pct(metrics.get('test_error'))}"
+        f"trial {best['trial']}: train error {fmt(metrics.get('train_error'))}, "
+        f"dev error {fmt(metrics.get('dev_error'))}, test error {fmt(metrics.get('test_error'))}"
     ]
-    if report.dev_interval:
+    if report.dev_interval is not None:
         low, high = report.dev_interval
-        size = report.split["splits"]["dev"]["size"]
-        lines.append(f"dev error 95% interval: {_pct(low)} – {_pct(high)} ({size} dev examples)")
-    for section in ("model", "train"):
-        settings = ", ".join(
-            f"{k}={_value(v)}" for k, v in report.best_settings[section].items() if v is not None
+        lines.append(
+            f"dev error 95% interval (Wilson): {low:.2%} – {high:.2%} "
+            f"on {report.dev_size} dev examples"
         )
-        lines.append(f"{section}: {settings}")
+    if report.metric not in ("train_error", "dev_error", "test_error"):
+        lines.append(f"{report.metric}: {short_number(float(best['value']))}")
     return lines
 
 
-def _diagnosis(report: Report) -> Diagnosis | None:
-    d = report.summary.get("diagnosis")
-    if not d:
-        return None
-    groups = None
-    if d.get("groups") is not None:
-        groups = tuple(
-            GroupErrors(name, g.get("train_error"), g.get("dev_error"))
-            for name, g in d["groups"].items()
-        )
-    fields = {k: d.get(k) for k in Diagnosis.__dataclass_fields__ if k not in ("groups",)}
-    fields["recommendations"] = tuple(d.get("recommendations") or ())
-    return Diagnosis(**{**fields, "groups": groups})
+def settings_rows(report: Report) -> list[tuple[str, str, bool]]:
+    """(setting, value, chosen by the search) for the best trial's model and train sections."""
+    searched = set(report.ranked[0]["params"]) if report.ranked else set()
+    return [
+        (f"{section}.{key}", format_value(value), f"{section}.{key}" in searched)
+        for section, values in report.best_settings.items()
+        for key, value in values.items()
+    ]
 
 
 def diagnosis_lines(report: Report) -> list[str]:
-    diagnosis = _diagnosis(report)
-    if diagnosis is None:
-        return ["no diagnosis (no trial completed)"]
-    return summary_lines(diagnosis)
+    """Errors, bias, variance and verdict; groups and recommendations are shown apart."""
+    if report.diagnosis is None:
+        return ["no diagnosis: no trial completed"]
+    bare = replace(report.diagnosis, groups=None, mismatch=None, recommendations=())
+    return summary_lines(bare)
 
 
-def trial_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """The ranked trials; parameters headed by their last key (train.lr -> lr)."""
-    extra = [] if report.metric == "dev_error" else [report.metric]
-    head = ["#", "trial", *(n.split(".")[-1] for n in report.varied), "train err", "dev err"]
-    rows = []
-    for position, trial in enumerate(report.ranked, start=1):
-        params = trial["params"]
-        rows.append(
-            [
-                str(position),
-                str(trial["number"]),
-                *(_short(params.get(name, "—")) for name in report.varied),
-                _pct(trial["metrics"].get("train_error")),
-                _pct(trial["metrics"].get("dev_error")),
-                *(_value(trial["value"]) for _ in extra),
-            ]
-        )
-    return head + extra, rows
+def recommendations(report: Report) -> list[str]:
+    return list(report.diagnosis.recommendations) if report.diagnosis else []
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value).replace(" ", "")
+MISMATCH_HEAD = ["group", "train error", "dev error"]
 
 
-# --- renderers --------------------------------------------------------------------------------
+def mismatch_rows(report: Report) -> list[list[str]]:
+    """Train and dev error of the best trial on each group (data distribution)."""
+    d = report.diagnosis
+    if d is None or not d.groups:
+        return []
+    fmt = report.format_error
+    return [[g.name, fmt(g.train_error), fmt(g.dev_error)] for g in d.groups]
+
+
+def mismatch_lines(report: Report) -> list[str]:
+    d = report.diagnosis
+    if d is None or not d.groups:
+        return []
+    tolerance = f"{d.tolerance:.1%}"
+    verdict = (
+        f"data mismatch: the groups' dev errors differ by more than {tolerance}"
+        if d.mismatch
+        else f"no data mismatch: the groups' dev errors are within {tolerance} of each other"
+    )
+    chain = " → ".join(f"{label} {report.format_error(v)}" for label, v in mismatch_ordering(d))
+    return [
+        verdict,
+        f"chain (human < train < dev[best group] < dev < dev[worst group] < test): {chain}",
+    ]
+
+
+# --- console ----------------------------------------------------------------------------------
 
 
 def render_console(report: Report, console: Console) -> None:
-    for line in header_lines(report):
-        console.print(line, highlight=False, markup=False)
-    head, rows = trial_rows(report)
-    table = Table(title=f"top {len(rows)} trials", title_justify="left")
-    for name in head:
-        table.add_column(name, justify="right" if name in ("#", "trial") else "left")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    """The report as rich tables and rules, for a terminal."""
+    console.rule(Text(f"hpsearch report: {report.summary['name']}", style="bold"))
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in header_rows(report):
+        grid.add_row(key, Text(value))
+    console.print(grid)
+    head, rows = trial_table(report)
+    console.print(_rich_table(_top_title(report, len(rows)), head, rows))
     console.rule("best trial")
-    for line in best_lines(report):
-        console.print(line, highlight=False, markup=False)
+    _print_lines(console, best_lines(report))
+    console.print(_settings_tables(report))
     console.rule("diagnosis")
-    for line in diagnosis_lines(report):
-        console.print(line, highlight=False, markup=False)
+    _print_lines(console, diagnosis_lines(report))
+    if mismatch_rows(report):
+        console.rule("data mismatch")
+        console.print(_rich_table(None, MISMATCH_HEAD, mismatch_rows(report)))
+        _print_lines(console, mismatch_lines(report))
+    if recommendations(report):
+        console.rule("what to try next")
+        _print_lines(console, [f"- {r}" for r in recommendations(report)])
     if report.warnings:
-        console.rule("warnings")
+        console.rule("warnings", style="yellow")
         for warning in report.warnings:
-            console.print(f"[yellow]! {escape(warning)}[/]", highlight=False)
+            console.print(Text(f"! {warning}", style="yellow"))
+
+
+def _print_lines(console: Console, lines: list[str]) -> None:
+    for line in lines:
+        console.print(Text(line))  # Text: a '[' in a value is never read as rich markup
+
+
+def _rich_table(title: str | None, head: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name in head:
+        table.add_column(name, justify="right" if name in ("rank", "trial") else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def _settings_tables(report: Report) -> Columns:
+    """The model and train sections side by side; '*' marks the values the search chose."""
+    tables = []
+    for section in report.best_settings:
+        table = Table(title=f"{section} (* searched)", title_justify="left", show_header=False)
+        table.add_column()
+        table.add_column()
+        for name, value, searched in settings_rows(report):
+            if name.startswith(f"{section}."):
+                key = name.removeprefix(f"{section}.") + (" *" if searched else "")
+                table.add_row(Text(key, style="bold" if searched else ""), Text(value))
+        tables.append(table)
+    return Columns(tables)
+
+
+# --- markdown -------------------------------------------------------------------------------
 
 
 def render_markdown(report: Report) -> str:
-    head, rows = trial_rows(report)
-    out = [
-        f"# hpsearch report: {report.summary['name']}",
-        "",
-        *(f"- {x}" for x in header_lines(report)),
-    ]
-    out += [
-        "",
-        "## Top trials",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-    out += ["", "## Best trial", "", *(f"- {x}" for x in best_lines(report))]
-    out += ["", "## Diagnosis", "", "```", *diagnosis_lines(report), "```"]
+    """GitHub-flavoured markdown, e.g. for a CI job summary."""
+    head, rows = trial_table(report)
+    settings = [[f"{n} *" if s else n, v] for n, v, s in settings_rows(report)]
+    out = [f"# hpsearch report: {report.summary['name']}", ""]
+    out += [f"- **{key}**: {_md(value)}" for key, value in header_rows(report)]
+    out += ["", f"## {_top_title(report, len(rows))}", "", *_md_table(head, rows)]
+    out += ["", "## Best trial", "", *(f"- {_md(x)}" for x in best_lines(report))]
+    out += ["", *_md_table(["setting (* searched)", "value"], settings)]
+    out += ["", "## Diagnosis", "", *(f"- {_md(x)}" for x in diagnosis_lines(report))]
+    if mismatch_rows(report):
+        out += ["", "## Data mismatch", ""]
+        out += _md_table(MISMATCH_HEAD, mismatch_rows(report))
+        out += ["", *(f"- {_md(x)}" for x in mismatch_lines(report))]
+    if recommendations(report):
+        out += ["", "## What to try next", "", *(f"- {_md(r)}" for r in recommendations(report))]
     if report.warnings:
-        out += ["", "## Warnings", "", *(f"- {w}" for w in report.warnings)]
+        out += ["", "## Warnings", "", *(f"- ⚠️ {_md(w)}" for w in report.warnings)]
     return "\n".join(out) + "\n"
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
-font-size:14px}th{background:#f2f2f2}pre{background:#f7f7f7;padding:1em;white-space:pre-wrap}
-.warn{color:#a15c00}img{max-width:100%;border:1px solid #eee;margin:.5em 0}"""
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + " --- |" * len(head)]
+    return lines + ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
+
+
+# --- HTML -------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.8em 0}td,th{border:1px solid #ccc;padding:3px 9px;
+font-size:14px;text-align:left}th{background:#f3f3f3}td.searched{font-weight:bold}
+dl{display:grid;grid-template-columns:max-content auto;gap:.2em 1em}dt{font-weight:bold}dd{margin:0}
+.warn{color:#8a4b00;background:#fff6e5;padding:.3em .6em;border-left:3px solid #e69500}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:14px}
+"""
+
+_CAPTIONS = {
+    "best_so_far": "The objective of every trial and the best so far: has the search stopped "
+    "improving?",
+    "learning_curves": "Train (solid) and dev (dashed) loss per epoch of the top trials: the gap "
+    "between them is variance; a high train loss is bias.",
+    "parallel_coordinates": "Every complete trial across the searched parameters (log ranges on "
+    "a log axis), colored by the objective.",
+    "importance": "Parameter importance (Optuna's fANOVA): which settings moved the objective.",
+}
 
 
 def render_html(report: Report, images: dict[str, Path]) -> str:
-    """One file, nothing external: the plots are embedded as data URIs."""
+    """One self-contained HTML file: inline CSS, plots embedded as data URIs, no links out."""
     esc = html.escape
-    head, rows = trial_rows(report)
+    head, rows = trial_table(report)
+    name = esc(report.summary["name"])
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>hpsearch: "
-        f"{esc(report.summary['name'])}</title><style>{_CSS}</style></head><body>",
-        f"<h1>hpsearch report: {esc(report.summary['name'])}</h1>",
-        "<ul>",
-        *(f"<li>{esc(x)}</li>" for x in header_lines(report)),
-        "</ul>",
-        "<h2>Top trials</h2><table><tr>",
-        *(f"<th>{esc(h)}</th>" for h in head),
-        "</tr>",
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>hpsearch report: {name}</title><style>{_CSS}</style></head><body>",
+        f"<h1>hpsearch report: {name}</h1><dl>",
+        *(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in header_rows(report)),
+        "</dl>",
+        f"<h2>{esc(_top_title(report, len(rows)))}</h2>",
+        _html_table(head, rows),
+        "<h2>Best trial</h2>",
+        _html_list(best_lines(report)),
+        _settings_html(report),
+        "<h2>Diagnosis</h2>",
+        _html_list(diagnosis_lines(report)),
     ]
-    parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
-    parts += [
-        "</table><h2>Best trial</h2><ul>",
-        *(f"<li>{esc(x)}</li>" for x in best_lines(report)),
-        "</ul><h2>Diagnosis</h2><pre>",
-        esc("\n".join(diagnosis_lines(report))),
-        "</pre>",
-    ]
-    if report.warnings:
+    if mismatch_rows(report):
         parts += [
-            "<h2>Warnings</h2><ul>",
-            *(f"<li class='warn'>{esc(w)}</li>" for w in report.warnings),
-            "</ul>",
+            "<h2>Data mismatch</h2>",
+            _html_table(MISMATCH_HEAD, mismatch_rows(report)),
+            _html_list(mismatch_lines(report)),
         ]
+    if recommendations(report):
+        parts += ["<h2>What to try next</h2>", _html_list(recommendations(report))]
+    if report.warnings:
+        parts += ["<h2>Warnings</h2>"]
+        parts += [f"<p class='warn'>⚠ {esc(w)}</p>" for w in report.warnings]
     if images:
-        parts.append("<h2>Plots</h2>")
-        for name, path in images.items():
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(
-                f"<figure><img alt='{esc(name)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>"
-            )
+        parts += ["<h2>Plots</h2>", *(_figure(n, p) for n, p in images.items())]
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    esc = html.escape
+    header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{header}</tr>{body}</table>"
+
+
+def _html_list(lines: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def _settings_html(report: Report) -> str:
+    rows = "".join(
+        f"<tr><td{' class=searched' if s else ''}>{html.escape(n)}{' *' if s else ''}</td>"
+        f"<td>{html.escape(v)}</td></tr>"
+        for n, v, s in settings_rows(report)
+    )
+    return f"<table><tr><th>setting (* searched)</th><th>value</th></tr>{rows}</table>"
+
+
+def _figure(name: str, path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    if name.startswith("param_"):
+        caption = f"The objective against {name.removeprefix('param_')}: where the good values lie."
+    else:
+        caption = _CAPTIONS.get(name, name)
+    return (
+        f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+# --- writing files, listing runs ---------------------------------------------------------------
 
 
 def write_report(run: RunFolder, fmt: str, top: int = 10) -> Path | None:
-    """Write report.html (with plots) or report.md into the run's report folder."""
-    report = load_report(run, top)
-    run.report_dir.mkdir(parents=True, exist_ok=True)
+    """Write `report.html` (with every plot) or `report.md` into the run's report folder and
+    return its path; None for the formats printed rather than written (table, json)."""
+    if fmt not in ("html", "markdown"):
+        return None
+    report = load_report(run, top)  # read (and fail on bad input) before drawing anything
     if fmt == "html":
-        from hpsearch.plots import write_plots
-
-        path = run.report_dir / "report.html"
-        path.write_text(render_html(report, write_plots(run)), encoding="utf-8")
-        return path
-    if fmt == "markdown":
-        path = run.report_dir / "report.md"
-        path.write_text(render_markdown(report), encoding="utf-8")
-        return path
-    return None
+        images = write_plots(run, top=min(top, LEARNING_CURVES))
+        path, text = run.report_dir / "report.html", render_html(report, images)
+    else:
+        path, text = run.report_dir / "report.md", render_markdown(report)
+    write_text(path, text)
+    return path
 
 
 def runs_table(runs_dir: Path) -> Table:
-    """`hpsearch runs`: one row per run folder, oldest first."""
+    """One row per run folder under `runs_dir`, newest last; unreadable runs say 'unknown'."""
     table = Table(title=f"runs in {runs_dir}", title_justify="left")
-    for name in ("run", "strategy", "state", "trials", "best"):
-        table.add_column(name)
+    for column in ("run", "date", "strategy", "state", "complete/total", "best"):
+        table.add_column(column, no_wrap=column in ("run", "date"))
     for folder in list_runs(runs_dir):
-        try:
-            s = read_json(folder.summary)
-            done = sum(s["counts"].values())
-            best = s["best"]
-            shown = f"{s['objective']['metric']} {best['value']:.4g}" if best else "—"
-            table.add_row(
-                folder.name,
-                s["strategy"] or "single",
-                s["state"],
-                f"{s['counts']['complete']}/{done}",
-                shown,
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            table.add_row(folder.name, "—", "unknown", "—", "—")
+        table.add_row(*(Text(cell) for cell in run_row(folder)))
     return table
+
+
+def run_row(folder: RunFolder) -> list[str]:
+    date = run_date(folder)
+    try:
+        s = read_json(folder.summary)
+        counts, best = s["counts"], s.get("best")
+        shown = f"{s['objective']['metric']} {best['value']:.4g}" if best else "—"
+        trials = f"{counts.get('complete', 0)}/{sum(counts.values())}"
+        return [folder.name, date, s.get("strategy") or "one model", s["state"], trials, shown]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged
+        return [folder.name, date, "—", "unknown", "—", "—"]
+
+
+def run_date(folder: RunFolder) -> str:
+    """When the run started: the time stamp in its folder name, else its spec file's time."""
+    match = _FOLDER_STAMP.search(folder.name)
+    try:
+        when = datetime.strptime(match[1], "%Y%m%d-%H%M%S") if match else None
+    except ValueError:  # digits that are no date: fall back on the file time
+        when = None
+    try:
+        when = when or datetime.fromtimestamp(folder.spec.stat().st_mtime)
+    except OSError:
+        return "—"
+    return when.strftime("%Y-%m-%d %H:%M")

@@ -260,3 +260,30 @@ def test_bad_arguments_exit_2(tmp_path, write_spec, args, expected):
     assert expected in result.stderr
     assert "secret" not in result.output
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_report_and_runs_commands(tmp_path):
+    from tests.conftest import write_mixed_groups
+
+    spec = write_mixed_groups(tmp_path)  # one distribution is much noisier than the other
+    runs = str(tmp_path / "runs")
+    assert invoke("run", spec, "--runs-dir", runs, "--quiet").exit_code == 0
+    table = invoke("report", "--runs-dir", runs)  # the newest run
+    assert table.exit_code == 0, table.output
+    assert "data mismatch" in table.stdout.lower()
+    assert "dev[hard]" in table.stdout and "dev[easy]" in table.stdout
+    as_json = invoke("report", "--runs-dir", runs, "--format", "json")
+    assert json.loads(as_json.stdout)["diagnosis"]["mismatch"] is True
+    markdown = invoke("report", "--runs-dir", runs, "--format", "markdown")
+    assert markdown.exit_code == 0 and "mixed" in markdown.stdout
+    html = invoke("report", "--runs-dir", runs, "--format", "html")
+    assert html.exit_code == 0 and "report.html" in html.stderr
+    listing = invoke("runs", "--runs-dir", runs)
+    assert "mixed-" in listing.stdout
+
+
+def test_report_without_runs_exits_2(tmp_path):
+    result = invoke("report", "--runs-dir", tmp_path)
+    assert result.exit_code == 2
+    assert "no run folders" in result.stderr
+    assert invoke("report", "--format", "pdf", "--runs-dir", tmp_path).exit_code == 2
