@@ -264,6 +264,12 @@ class SearchSpec(Strict):
     panda: PandaOptions = PandaOptions()
     space: dict[str, ParamSpec] = {}
 
+    @field_validator("stack", mode="before")
+    @classmethod
+    def _off_is_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false
+        return "off" if value is False else value
+
     @field_validator("timeout")
     @classmethod
     def _timeout_parses(cls, value: str | None) -> str | None:
@@ -450,8 +456,11 @@ def _clean_loc(loc: tuple[Any, ...]) -> Path_:
     """Drop pydantic's union-branch labels (e.g. 'literal['auto']', 'SplitRatios') from a loc."""
     cleaned: list[str | int] = []
     for part in loc:
+        # field names never hold '[' or '-'; pydantic's branch labels do ('constrained-int')
         if isinstance(part, str) and (
-            "[" in part or (part[:1].isupper() and _field_annotation(Spec, part) is None)
+            "[" in part
+            or "-" in part
+            or (part[:1].isupper() and _field_annotation(Spec, part) is None)
         ):
             continue
         cleaned.append(part)
@@ -485,28 +494,49 @@ def describe_validation_error(
     exc: ValidationError, source: str, lines: dict[Path_, int]
 ) -> InputError:
     """One readable message from a pydantic error: key path, YAML line, what is allowed."""
-    seen: set[str] = set()
-    messages: list[tuple[int | None, str]] = []
     errors = exc.errors()
     # A value that fails every branch of a union (e.g. split: 'auto' | {train, dev, test}) also
     # reports "should be 'auto'"; keep only the more specific branch's complaint.
-    specific = {_clean_loc(e["loc"]) for e in errors if e["type"] != "literal_error"}
+    specific = {
+        _clean_loc(e["loc"])
+        for e in errors
+        if e["type"] != "literal_error" and any(_is_model_label(p) for p in e["loc"])
+    }
+    by_loc: dict[Path_, list[str]] = {}
     for error in errors:
         loc = _clean_loc(error["loc"])
         if error["type"] == "literal_error" and loc in specific and len(error["loc"]) > len(loc):
             continue
-        text = f"{format_path(loc)}: {_describe(error, loc)}"
-        if text in seen:
-            continue
-        seen.add(text)
+        text = _describe(error, loc)
+        if text not in by_loc.setdefault(loc, []):
+            by_loc[loc].append(text)
+    messages: list[tuple[int | None, str]] = []
+    for loc, texts in by_loc.items():
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-        messages.append((line, text))
+        messages.append((line, f"{format_path(loc)}: {_either(texts)}"))
     messages.sort(key=lambda item: item[0] or 0)
     first_line = messages[0][0] if messages else None
     body = "\n  ".join(f"line {ln}: {text}" if ln else text for ln, text in messages)
     if len(messages) == 1:
         return InputError(messages[0][1], source=source, line=first_line)
     return InputError(f"invalid spec ({len(messages)} problems):\n  {body}", source=source)
+
+
+def _is_model_label(part: Any) -> bool:
+    """A union branch that is a model (SplitRatios, GroupWeights…), not a scalar constraint."""
+    if not isinstance(part, str):
+        return False
+    # 'SplitRatios', or a validator around one: 'function-after[_sums_to_one(), SplitRatios]'
+    return (part[:1].isupper() and "-" not in part) or bool(re.search(r", [A-Z]\w*\]$", part))
+
+
+def _either(texts: list[str]) -> str:
+    """Several branches of one union refused a value: one sentence with every alternative."""
+    if len(texts) == 1:
+        return texts[0]
+    got = re.search(r" \(got .*\)$", texts[0])
+    bare = [re.sub(r" \(got .*\)$", "", t).removeprefix("Input should be ") for t in texts]
+    return "should be " + ", or ".join(bare) + (got.group(0) if got else "")
 
 
 def spec_from_dict(raw: Any, source: str = "spec", lines: dict[Path_, int] | None = None) -> Spec:

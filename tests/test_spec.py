@@ -155,3 +155,14 @@ def test_parse_duration(text, seconds):
 def test_schema_lists_sections():
     schema = Spec.model_json_schema()
     assert {"data", "model", "train", "search"} <= set(schema["properties"])
+
+
+def test_union_refusals_read_as_one_sentence(tmp_path):
+    message = load_error(tmp_path, MINIMAL + "search: {workers: 0}\n")
+    assert "search.workers: should be 'auto', or greater than 0 (got 0)" in message
+    assert "constrained" not in message
+
+
+def test_bare_off_means_off(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL + "search: {stack: off}\n"))
+    assert spec.search.stack == "off"
