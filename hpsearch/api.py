@@ -27,6 +27,7 @@ from hpsearch.strategies import (
     round_budgets,
     spread,
     tighten,
+    unseen,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,6 +88,7 @@ def minimize(
                 points = spread(grid_points(current, None), count)
             else:
                 points = refine_points(current, count, seed * 1009 + index, None)
+            points = unseen(points, params, study.trials)
             for point in points:
                 study.enqueue_trial(to_optuna_params(params, point))
             count = len(points)

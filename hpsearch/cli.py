@@ -42,7 +42,9 @@ def user_errors(command):
     return wrapper
 
 
-SpecArg = Annotated[Path, typer.Argument(help="The spec YAML file.", show_default=False)]
+SpecArg = Annotated[
+    Path, typer.Argument(help="The spec YAML file.", show_default=False, metavar="SPEC")
+]
 
 
 @app.command()
@@ -255,7 +257,7 @@ def runs(
 
     from hpsearch.report import runs_table
 
-    Console().print(runs_table(runs_dir))
+    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(runs_dir))
 
 
 def _error_rate(name: str, text: str | None) -> float | None:

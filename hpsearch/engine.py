@@ -59,6 +59,7 @@ from hpsearch.strategies import (
     round_budgets,
     spread,
     tighten,
+    unseen,
 )
 from hpsearch.study import (
     OUTCOME_ATTR,
@@ -524,6 +525,7 @@ class Search:
             else:
                 seed = self.spec.seed * 1009 + index
                 points = refine_points(params, self.budgets()[index], seed, self.spec)
+            points = unseen(points, self.params, self.study.get_trials(deepcopy=False))
             for point in points:
                 self.study.enqueue_trial(to_optuna_params(self.params, point))
             target = start + len(points)
@@ -590,6 +592,8 @@ class Search:
         # every worker (and round) samples from its own stream, or they would propose alike;
         # processes on other machines add their own identity
         seed = self.spec.seed * 1009 + round_index * 101 + worker
+        # a resumed study must not replay the proposals its first run already made
+        seed += 7919 * len(self.study.get_trials(deepcopy=False))
         if is_database(self.storage):
             seed += int.from_bytes(f"{platform.node()}:{os.getpid()}".encode()[-8:], "big")
         seed %= 2**32

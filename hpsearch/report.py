@@ -647,7 +647,8 @@ def runs_table(runs_dir: Path) -> Table:
     """One row per run folder under `runs_dir`, newest last; unreadable runs say 'unknown'."""
     table = Table(title=f"runs in {runs_dir}", title_justify="left")
     for column in ("run", "date", "strategy", "state", "complete/total", "best"):
-        table.add_column(column, no_wrap=column in ("run", "date"))
+        # a run's full name is what --resume and report take: fold it, never cut it
+        table.add_column(column, overflow="fold" if column == "run" else "ellipsis")
     for folder in list_runs(runs_dir):
         table.add_row(*(Text(cell) for cell in run_row(folder)))
     return table

@@ -7,6 +7,7 @@ samplers seeded from the spec.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import optuna
 
 from hpsearch.errors import InputError
-from hpsearch.space import Param, suggest
+from hpsearch.space import Param, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, Spec
 
 DEFAULT_TRIALS = 40
@@ -100,7 +101,10 @@ def tighten_param(param: Param, best_values: list[Any]) -> Param:
             new_low = new_high - 1
     else:
         new_low, new_high = max(new_low, spec.low), min(new_high, spec.high)
-    return replace(param, spec=spec.model_copy(update={"low": new_low, "high": new_high}))
+    update: dict[str, Any] = {"low": new_low, "high": new_high}
+    if spec.steps:  # a denser grid in the smaller box
+        update["steps"] = spec.steps + 1
+    return replace(param, spec=spec.model_copy(update=update))
 
 
 def tighten(params: list[Param], best_points: list[dict[str, Any]]) -> list[Param]:
@@ -136,3 +140,11 @@ def spread(points: list[dict], budget: int | None) -> list[dict]:
         return points
     step = len(points) / budget
     return [points[int(i * step)] for i in range(budget)]
+
+
+def unseen(points: list[dict], params: list[Param], trials: list[optuna.trial.FrozenTrial]) -> list:
+    """Points no trial of the study has run yet (a refine round never repeats a point)."""
+    done = {json.dumps(t.params, sort_keys=True) for t in trials}
+    return [
+        p for p in points if json.dumps(to_optuna_params(params, p), sort_keys=True) not in done
+    ]

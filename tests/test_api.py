@@ -100,4 +100,4 @@ def test_grid_with_refine_stays_within_its_budget():
         trials=60,
         refine={"rounds": 2, "keep": 0.25},
     )
-    assert len(result.trials) == 60
+    assert 20 < len(result.trials) <= 60  # refine rounds skip points already run

@@ -472,3 +472,35 @@ def test_refine_with_choices_keeps_one_study(tmp_path):
         ]
         assert in_round and all(t["params"]["train.batch_size"] in kept for t in in_round)
     assert result.summary["counts"]["complete"] == 9
+
+
+def test_resume_does_not_replay_earlier_proposals(tmp_path):
+    spec = lr_search(tmp_path, trials=3)
+    run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    summary = run_spec(
+        spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest", trials=6)
+    ).summary
+    lrs = [t["params"]["train.lr"] for t in summary["trials"]]
+    assert len(lrs) == 6 and len(set(lrs)) == 6
+
+
+def test_grid_refine_never_repeats_a_point(tmp_path):
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "grid",
+            "workers": 1,
+            "refine": {"rounds": 2, "keep": 0.5},
+            "space": {
+                "train.lr": {"low": 1e-3, "high": 1e-1, "log": True, "steps": 3},
+                "train.batch_size": {"choices": [16, 32]},
+            },
+        },
+        train={"epochs": 2},
+    )
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    trials = study_trials(result.run.root)
+    keys = [json.dumps(t.params, sort_keys=True) for t in trials]
+    assert len(keys) == len(set(keys))
+    rounds = read_json(result.run.root / "rounds.json")
+    assert rounds[1]["space"]["train.lr"]["steps"] == 4  # denser inside the smaller box
