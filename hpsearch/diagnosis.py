@@ -429,9 +429,16 @@ def _surpassed_notes(d: Diagnosis) -> list[str]:
 
 
 def _good_fit_notes(d: Diagnosis) -> list[str]:
-    out = [
-        f"The model fits well: bias and variance are both within the {_pct(d.tolerance)} tolerance"
-    ]
+    fits = f"bias and variance are both within the {_pct(d.tolerance)} tolerance"
+    if d.test_gap is not None and _is_high(d.test_gap, d.tolerance):
+        out = [f"Train and dev fit well ({fits}), but the test error does not follow"]
+    else:
+        out = [f"The model fits well: {fits}"]
+    if d.bayes_error is not None and d.train_error < d.bayes_error:
+        out.append(
+            "Train error is below the Bayes error, which no model can beat: check bayes_error "
+            "(or look for test or dev examples leaking into train)"
+        )
     if d.test_error is None:
         out.append("Score the chosen model once on the test set to confirm the dev error")
     out.append("A bigger dev and test set (data.split) would tell smaller differences apart")

@@ -395,3 +395,14 @@ def test_summary_lines_read_as_the_lecture():
 def test_summary_lines_when_human_level_unknown():
     lines = summary_lines(diagnose(0.035, 0.04))
     assert "Bias 3.5% (train 3.5% − 0, human-level error unknown): high" in lines
+
+
+def test_right_fit_with_a_bad_test_error_is_not_called_a_good_model():
+    d = diagnose(0.035, 0.035, test_error=0.09, human_level_error=0.05)
+    assert not any(r.startswith("The model fits well") for r in d.recommendations)
+    assert any("test error does not follow" in r for r in d.recommendations)
+
+
+def test_train_error_below_bayes_error_is_questioned():
+    d = diagnose(0.2, 0.2, bayes_error=0.3, human_level_error=0.3)
+    assert any("below the Bayes error" in r for r in d.recommendations)
