@@ -287,3 +287,24 @@ def test_report_without_runs_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "no run folders" in result.stderr
     assert invoke("report", "--format", "pdf", "--runs-dir", tmp_path).exit_code == 2
+
+
+def test_unreadable_data_file_exits_2(tmp_path, write_spec, monkeypatch):
+    """Permissions cannot block root (CI's user), so the refusal is simulated."""
+    import errno
+    from pathlib import Path
+
+    (tmp_path / "d.csv").write_text(CSV)
+    real = Path.read_bytes
+
+    def refuse(self):
+        if self.name == "d.csv":
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    runs = tmp_path / "runs"
+    result = invoke("run", write_spec(CSV_SPEC % ", impute: mean"), "--runs-dir", runs)
+    assert result.exit_code == 2
+    assert "cannot read the data file: Permission denied" in result.stderr
+    assert not runs.exists()
