@@ -1,11 +1,11 @@
 import math
 
-import optuna
 import pytest
 from scipy import stats
 
 from hpsearch.errors import InputError
-from hpsearch.space import apply_params, grid_points, parse_space, suggest
+from hpsearch.space import apply_params, grid_points, parse_space
+from hpsearch.strategies import refine_points
 from tests.conftest import make_spec
 
 SPACE = {
@@ -24,14 +24,8 @@ def spec_with(space, **search):
 
 
 def sample(spec, n=200, seed=0):
-    params = parse_space(spec)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(suggest(trial, params, spec))
-        study.tell(trial, 0.0)
-    return out
+    """n points drawn by Optuna's RandomSampler through `suggest` (what refine rounds use)."""
+    return refine_points(parse_space(spec), n, seed, spec)
 
 
 def test_kinds_follow_the_spec_fields():
