@@ -7,6 +7,7 @@ the test split once, and write summary.json (rewritten as trials finish).
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import platform
@@ -27,7 +28,13 @@ from optuna.trial import TrialState
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.diagnosis import diagnose
 from hpsearch.errors import InputError
-from hpsearch.objective import FinalEvaluation, TrialOutcome, evaluate_best, run_trial
+from hpsearch.objective import (
+    FinalEvaluation,
+    TrialOutcome,
+    evaluate_best,
+    run_stack,
+    run_trial,
+)
 from hpsearch.progress import ProgressSink, Reviewer, SearchStatus, SilentProgress, make_reviewer
 from hpsearch.runs import RunFolder, create_run, read_json, write_json, write_text
 from hpsearch.space import (
@@ -47,6 +54,7 @@ from hpsearch.spec import (
     spec_from_dict,
     spec_to_yaml,
 )
+from hpsearch.stacked import shape_key, stack_size
 from hpsearch.storage import mask_args, mask_url, probe_storage
 from hpsearch.strategies import (
     DEFAULT_TRIALS,
@@ -71,6 +79,7 @@ from hpsearch.study import (
     load_existing_study,
     open_storage,
     repair_journal,
+    replaced_numbers,
     study_outcomes,
     tell_outcome,
 )
@@ -313,6 +322,7 @@ class WorkerTask:
     # panda --interactive: shown each proposal; returns the values to run, or None to stop
     review: Callable[[int, dict[str, Any]], dict[str, Any] | None] | None = None
     gpu: int | None = None  # caviar on several GPUs: the one this worker is pinned to
+    stack: int = 1  # trials asked for at once and trained together when their shapes match
 
 
 def trial_loop(
@@ -320,7 +330,11 @@ def trial_loop(
     progress: ProgressSink,
     on_finished: Callable[[TrialOutcome], None] | None = None,
 ) -> None:
-    """Ask for trials until the round's target is reached; train and tell each one."""
+    """Ask for trials until the round's target is reached; train and tell each one.
+
+    With stacking, a worker asks for several trials at once and trains those of one shape
+    together; each is told to the study on its own.
+    """
     run = RunFolder(task.run_root)
     storage = open_storage(task.spec.storage, run.study_log)
     study = optuna.load_study(
@@ -329,20 +343,22 @@ def trial_loop(
         sampler=make_sampler(task.spec.search, task.seed),
         pruner=make_pruner(task.spec.search),
     )
-    prune = task.spec.search.pruner != "none"
-    rescue = task.spec.search.mode == "panda" and task.spec.search.panda.rescue
     while True:
         if stop_requested(run) or (task.deadline and time.time() >= task.deadline):
             return
         with budget_lock(storage, task.study_name, run.root):
             fail_stale(study, storage)
-            if budget_used(study) >= task.target:
+            room = task.target - budget_used(study)
+            if room <= 0:
                 return
-            trial = study.ask()
-        trial.set_user_attr("worker_pid", os.getpid())
-        trial.set_user_attr("worker_host", platform.node())
-        values = suggest(trial, task.params, task.spec)
-        if task.review is not None:
+            trials = [study.ask() for _ in range(min(task.stack, room))]
+        proposals = []
+        for trial in trials:
+            trial.set_user_attr("worker_pid", os.getpid())
+            trial.set_user_attr("worker_host", platform.node())
+            proposals.append((trial, suggest(trial, task.params, task.spec)))
+        if task.review is not None:  # panda --interactive: one trial at a time
+            trial, values = proposals[0]
             reviewed = task.review(trial.number, values)
             if reviewed != values:
                 # Optuna cannot change a trial's params: skip this one (no folder, not counted)
@@ -355,25 +371,57 @@ def trial_loop(
                 study.enqueue_trial(to_optuna_params(task.params, reviewed))
                 task.target += 1
                 continue
-        progress.trial_started(trial.number, values, apply_params(task.spec, values).train.epochs)
+        told: set[int] = set()
         try:
-            with heartbeat(storage, trial):
-                outcome = run_trial(
-                    task.spec,
-                    task.data,
-                    run,
-                    trial.number,
-                    values,
-                    on_epoch=_epoch_callback(trial, task.spec, progress, prune),
-                    rescue=rescue,
-                )
+            for group in shape_groups(task.spec, proposals):
+                for trial, outcome in _train_group(task, run, storage, group, progress):
+                    tell_outcome(study, trial, outcome)
+                    told.add(trial.number)
+                    if on_finished is not None:
+                        on_finished(outcome)
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            tell_outcome(study, trial, _interrupted(run, trial.number, values))
+            for trial, values in proposals:
+                if trial.number not in told:
+                    tell_outcome(study, trial, _interrupted(run, trial.number, values))
             raise
-        tell_outcome(study, trial, outcome)
-        if on_finished is not None:
-            on_finished(outcome)
+
+
+Proposal = tuple[optuna.Trial, dict[str, Any]]
+
+
+def shape_groups(spec: Spec, proposals: list[Proposal]) -> list[list[Proposal]]:
+    """Proposals split into groups that can train as one stack (first-seen order)."""
+    groups: dict[tuple, list[Proposal]] = {}
+    for trial, values in proposals:
+        groups.setdefault(shape_key(apply_params(spec, values)), []).append((trial, values))
+    return list(groups.values())
+
+
+def _train_group(
+    task: WorkerTask,
+    run: RunFolder,
+    storage: optuna.storages.BaseStorage,
+    group: list[Proposal],
+    progress: ProgressSink,
+) -> list[tuple[optuna.Trial, TrialOutcome]]:
+    """Train one group (alone, or stacked when it has several trials)."""
+    spec = task.spec
+    prune = spec.search.pruner != "none"
+    for trial, values in group:
+        progress.trial_started(trial.number, values, apply_params(spec, values).train.epochs)
+    callbacks = [_epoch_callback(trial, spec, progress, prune) for trial, _ in group]
+    with heartbeat(storage, [trial for trial, _ in group]):
+        if len(group) == 1:
+            (trial, values), callback = group[0], callbacks[0]
+            rescue = spec.search.mode == "panda" and spec.search.panda.rescue
+            outcomes = [
+                run_trial(spec, task.data, run, trial.number, values, callback, rescue=rescue)
+            ]
+        else:
+            proposals = [(trial.number, values) for trial, values in group]
+            outcomes = run_stack(spec, task.data, run, proposals, callbacks)
+    return [(trial, outcome) for (trial, _), outcome in zip(group, outcomes, strict=True)]
 
 
 def _worker_main(task: WorkerTask) -> None:
@@ -608,7 +656,16 @@ class Search:
             threads,
             self.deadline,
             gpu=pinned_gpu(self.device, worker),
+            stack=self.stack_for(target),
         )
+
+    def stack_for(self, target: int) -> int:
+        """The spec's stack size, but never so large that one worker takes another's share of
+        the round (12 trials on 2 workers: stacks of 6). Machines we cannot see may join a
+        database study at any time, so there a worker takes at most a quarter of its share."""
+        sharers = self.workers * (4 if is_database(self.storage) else 1)
+        share = math.ceil(max(1, target - budget_used(self.study)) / sharers)
+        return max(1, min(stack_size(self.search), share))
 
     def run_round(self, target: int, round_index: int) -> None:
         if self.search.mode == "panda" or self.workers == 1:
@@ -708,16 +765,32 @@ class Search:
                 process.join()
 
     def recover(self) -> None:
-        """Resume: trials left RUNNING by dead processes are failed and retried once.
+        """Resume: trials left RUNNING by dead processes are failed and retried once, and so are
+        trials interrupted by Ctrl-C.
 
         In a database, only trials whose heartbeat stopped count as dead (others may be
         training on another machine right now)."""
         if is_database(self.storage):
             fail_stale(self.study, self.storage)
+            self.retry_interrupted()
             return
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             self._fail(trial)
             if "retry_of" not in trial.user_attrs:
+                self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        self.retry_interrupted()
+
+    def retry_interrupted(self) -> None:
+        """Trials cut short by Ctrl-C run again (once each) instead of using up the budget."""
+        trials = self.study.get_trials(deepcopy=False)
+        replaced = replaced_numbers(trials)
+        for trial in trials:
+            if (
+                trial.state == TrialState.FAIL
+                and trial.user_attrs.get("reason") == "interrupted"
+                and "retry_of" not in trial.user_attrs
+                and trial.number not in replaced
+            ):
                 self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
     def fail_all_running(self) -> None:

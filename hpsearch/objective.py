@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,15 @@ from hpsearch.model import build_mlp
 from hpsearch.runs import RunFolder, append_jsonl, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
-from hpsearch.train import EpochCallback, prefixed, resolve_device, score_split, train_model
+from hpsearch.stacked import train_stack
+from hpsearch.train import (
+    EpochCallback,
+    TrainResult,
+    prefixed,
+    resolve_device,
+    score_split,
+    train_model,
+)
 
 
 @dataclass
@@ -33,6 +42,7 @@ class TrialOutcome:
     epochs_run: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    stack: int = 1  # how many trials trained together with this one (itself included)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +56,60 @@ def trial_seed(spec_seed: int, number: int) -> int:
 def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
     value = metrics.get(spec.objective.metric)
     return value if value is not None and math.isfinite(value) else None
+
+
+def _begin(run: RunFolder, number: int, params: dict[str, Any], spec: Spec) -> TrialOutcome:
+    """The trial's folder with its params and an empty metrics file; failed until it finishes."""
+    seed = trial_seed(spec.seed, number)
+    folder = run.trial(number)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    write_json(folder.params, {"number": number, "seed": seed, "params": params})
+    folder.metrics.write_text("", encoding="utf-8")
+    return TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
+
+
+def _logger(run: RunFolder, number: int, on_epoch: EpochCallback | None) -> EpochCallback:
+    """Each epoch's record goes to the trial's metrics.jsonl, then to the caller's callback."""
+    path = run.trial(number).metrics
+
+    def log_epoch(record: dict[str, Any]) -> bool:
+        append_jsonl(path, record)
+        return on_epoch(record) if on_epoch is not None else False
+
+    return log_epoch
+
+
+def _failure_reason(exc: BaseException, folder: Path) -> str:
+    """Why a trial failed, in the words of the summary: oom, disk: ..., error: ..."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return "oom"
+    if isinstance(exc, OSError):
+        return f"disk: {exc.strerror or exc} ({exc.filename or folder})"
+    return f"error: {type(exc).__name__}: {exc}"
+
+
+def _settle(
+    spec: Spec, run: RunFolder, outcome: TrialOutcome, result: TrainResult, stack: int = 1
+) -> None:
+    """Copy a finished training into the outcome and save the model."""
+    if result.state != "failed":
+        torch.save(result.model.state_dict(), run.trial(outcome.number).model)
+    outcome.state, outcome.reason = result.state, result.reason
+    outcome.metrics = result.metrics
+    outcome.best_epoch = result.best_epoch
+    outcome.epochs_run = result.epochs_run
+    outcome.stopped_early = result.stopped_early
+    outcome.value = objective_value(spec, result.metrics)
+    outcome.stack = stack
+
+
+def _close(run: RunFolder, outcome: TrialOutcome, started: float) -> TrialOutcome:
+    outcome.seconds = time.perf_counter() - started
+    with contextlib.suppress(OSError):  # the study keeps the outcome even if this write fails
+        write_json(run.trial(outcome.number).result, outcome.to_json())
+    return outcome
 
 
 def run_trial(
@@ -64,45 +128,66 @@ def run_trial(
     files) fails that trial with a reason; it never ends the search.
     """
     started = time.perf_counter()
-    folder = run.trial(number)
     seed = trial_seed(spec.seed, number)
     outcome = TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
-
-    def log_epoch(record: dict[str, Any]) -> bool:
-        append_jsonl(folder.metrics, record)
-        return on_epoch(record) if on_epoch is not None else False
-
     try:
-        folder.root.mkdir(parents=True, exist_ok=True)
-        write_json(folder.params, {"number": number, "seed": seed, "params": params})
-        folder.metrics.write_text("", encoding="utf-8")
-        trial_spec = apply_params(spec, params)
+        outcome = _begin(run, number, params, spec)
         result = train_model(
-            trial_spec, data, seed, on_epoch=log_epoch, device=device, rescue=rescue
+            apply_params(spec, params),
+            data,
+            seed,
+            on_epoch=_logger(run, number, on_epoch),
+            device=device,
+            rescue=rescue,
         )
-        if result.state != "failed":
-            torch.save(result.model.state_dict(), folder.model)
+        _settle(spec, run, outcome, result)
     except InputError:
         raise
-    except torch.cuda.OutOfMemoryError:
-        outcome.reason = "oom"
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except OSError as exc:
-        outcome.reason = f"disk: {exc.strerror or exc} ({exc.filename or folder.root})"
     except Exception as exc:
-        outcome.reason = f"error: {type(exc).__name__}: {exc}"
-    else:
-        outcome.state, outcome.reason = result.state, result.reason
-        outcome.metrics = result.metrics
-        outcome.best_epoch = result.best_epoch
-        outcome.epochs_run = result.epochs_run
-        outcome.stopped_early = result.stopped_early
-        outcome.value = objective_value(spec, result.metrics)
-    outcome.seconds = time.perf_counter() - started
-    with contextlib.suppress(OSError):  # the study keeps the outcome even if this write fails
-        write_json(folder.result, outcome.to_json())
-    return outcome
+        outcome.reason = _failure_reason(exc, run.trial(number).root)
+    return _close(run, outcome, started)
+
+
+def run_stack(
+    spec: Spec,
+    data: Dataset,
+    run: RunFolder,
+    proposals: list[tuple[int, dict[str, Any]]],
+    on_epochs: list[EpochCallback | None] | None = None,
+    device: torch.device | None = None,
+) -> list[TrialOutcome]:
+    """Train same-shape trials as one stacked model; each gets its folder and outcome exactly as
+    `run_trial` gives it. A fault in the stack (out of memory, say) sends its trials through
+    `run_trial` one at a time, so no trial is lost to its neighbours."""
+    on_epochs = on_epochs or [None] * len(proposals)
+    if len(proposals) == 1:
+        (number, params), on_epoch = proposals[0], on_epochs[0]
+        return [run_trial(spec, data, run, number, params, on_epoch, device)]
+    started = time.perf_counter()
+    try:
+        outcomes = [_begin(run, number, params, spec) for number, params in proposals]
+        results = train_stack(
+            [apply_params(spec, params) for _, params in proposals],
+            data,
+            [outcome.seed for outcome in outcomes],
+            [
+                _logger(run, n, callback)
+                for (n, _), callback in zip(proposals, on_epochs, strict=True)
+            ],
+            device=device,
+        )
+        for outcome, result in zip(outcomes, results, strict=True):
+            _settle(spec, run, outcome, result, stack=len(proposals))
+    except InputError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return [
+            run_trial(spec, data, run, number, params, callback, device)
+            for (number, params), callback in zip(proposals, on_epochs, strict=True)
+        ]
+    return [_close(run, outcome, started) for outcome in outcomes]
 
 
 @dataclass

@@ -130,19 +130,22 @@ class RichProgress:
             transient=True,
         )
         self.bar.start()
-        self.task = None
+        self.tasks: dict[int, Any] = {}  # one bar per running trial (a stack runs several)
         self.search_task = None
 
     def trial_started(self, number: int, params: dict[str, Any], epochs: int) -> None:
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-        self.task = self.bar.add_task("", total=epochs, trial=number, metrics="")
+        self.tasks[number] = self.bar.add_task("", total=epochs, trial=number, metrics="")
 
     def epoch(self, number: int, record: dict[str, Any]) -> None:
-        self.bar.update(self.task, completed=record["epoch"], metrics=_metric_text(record))
+        if number in self.tasks:
+            self.bar.update(
+                self.tasks[number], completed=record["epoch"], metrics=_metric_text(record)
+            )
 
     def trial_finished(self, outcome: TrialOutcome, status: SearchStatus | None = None) -> None:
         self.console.print(outcome_text(outcome))
+        if outcome.number in self.tasks:
+            self.bar.remove_task(self.tasks.pop(outcome.number))
         if status is not None:
             if self.search_task is None:
                 self.search_task = self.bar.add_task(

@@ -47,6 +47,11 @@ def check_strategy(search: SearchSpec) -> None:
             f"search.refine: refinement applies to grid and random, not {search.strategy} "
             "(evolution and tpe already concentrate on promising areas)"
         )
+    if search.mode == "panda" and isinstance(search.stack, int) and search.stack > 1:
+        raise InputError(
+            f"search.stack: panda trains one watched model at a time, so it cannot stack "
+            f"{search.stack} trials; use mode: caviar, or leave stack out"
+        )
 
 
 def round_budgets(total: int, rounds: int) -> list[int]:

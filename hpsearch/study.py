@@ -146,18 +146,19 @@ def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> Non
 
 
 @contextmanager
-def heartbeat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> Iterator[None]:
-    """Keep a database trial's heartbeat fresh while it trains (Optuna does this only inside
-    study.optimize, and hpsearch uses ask and tell)."""
+def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) -> Iterator[None]:
+    """Keep database trials' heartbeats fresh while they train (Optuna does this only inside
+    study.optimize, and hpsearch uses ask and tell). One thread beats for a whole stack."""
     if not is_database(storage):
         yield
         return
     stop = threading.Event()
-    trial_id = trial._trial_id  # noqa: SLF001 - the id record_heartbeat takes
+    trial_ids = [trial._trial_id for trial in trials]  # noqa: SLF001 - the ids record_heartbeat takes
 
     def beat() -> None:
         while not stop.is_set():
-            storage.record_heartbeat(trial_id)
+            for trial_id in trial_ids:
+                storage.record_heartbeat(trial_id)
             stop.wait(heartbeat_seconds())
 
     thread = threading.Thread(target=beat, name="hpsearch-heartbeat", daemon=True)

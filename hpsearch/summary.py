@@ -33,6 +33,7 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
         "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.epochs_run,
         "seconds": round(outcome.seconds, 3),
+        "stack": outcome.stack,
     }
 
 

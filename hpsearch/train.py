@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -222,15 +223,38 @@ class DeviceSplit:
         return self.X.shape[0]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, split: DeviceSplit, loss: str, data: Dataset) -> dict[str, float]:
-    """All metrics of `model` on one split (eval mode: no dropout, running norm statistics)."""
-    if len(split) == 0:
-        return {}
-    was_training = model.training
-    model.eval()
-    outputs = model(split.X)
-    model.train(was_training)
+# A worker trains many trials on one data set: its splits go to the device once, not per trial.
+_ON_DEVICE: dict[tuple[int, str], tuple[Split, DeviceSplit]] = {}
+
+
+def on_device(split: Split, device: torch.device) -> DeviceSplit:
+    """`split` on `device`, copied there once per process (kept while the split lives here)."""
+    key = (id(split), str(device))
+    cached = _ON_DEVICE.get(key)
+    if cached is None or cached[0] is not split:
+        if len(_ON_DEVICE) >= 8:  # a new data set: drop the old copies
+            _ON_DEVICE.clear()
+        cached = (split, DeviceSplit.from_split(split, device))
+        _ON_DEVICE[key] = cached
+    return cached[1]
+
+
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating: large, but bounded in memory
+
+
+@torch.inference_mode()
+def predict(model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+    """Raw outputs for every row, in large chunks (the model must already be in eval mode).
+    Works for a stacked model too: its outputs have a leading member axis."""
+    if X.shape[0] <= EVAL_CHUNK:
+        return model(X)
+    return torch.cat([model(chunk) for chunk in X.split(EVAL_CHUNK)], dim=-2)
+
+
+def split_metrics(
+    outputs: torch.Tensor, split: DeviceSplit, loss: str, data: Dataset
+) -> dict[str, float]:
+    """All metrics of raw `outputs` (one model's, [n, outputs]) against a split's targets."""
     losses = example_losses(loss, outputs, split.y, data.task)
     metrics = {"loss": weighted_mean(losses, split.weight).item()}
     if data.task == "regression":
@@ -247,6 +271,18 @@ def evaluate(model: nn.Module, split: DeviceSplit, loss: str, data: Dataset) -> 
     return metrics
 
 
+def evaluate(model: nn.Module, split: DeviceSplit, loss: str, data: Dataset) -> dict[str, float]:
+    """All metrics of `model` on one split (eval mode: no dropout, running norm statistics)."""
+    if len(split) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    outputs = predict(model, split.X)
+    model.train(was_training)
+    with torch.inference_mode():
+        return split_metrics(outputs, split, loss, data)
+
+
 def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{key}": value for key, value in metrics.items()}
 
@@ -254,13 +290,22 @@ def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
 # --- the loop ---------------------------------------------------------------------------------
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator, drop_single: bool):
-    order = torch.randperm(n, generator=generator)
-    for start in range(0, n, batch_size):
-        index = order[start : start + batch_size]
-        if drop_single and len(index) == 1:
-            continue  # batch norm cannot normalize a single example
-        yield index
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    drop_single: bool,
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """The mini-batches (row indices) of one epoch: a permutation that depends on the spec's seed
+    and the epoch only, so every trial (alone or in a stack) sees the same batches."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1)[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(state)))
+    batches = list(order.to(device).split(batch_size)) if device else list(order.split(batch_size))
+    if drop_single and len(batches[-1]) == 1:
+        batches.pop()  # batch norm cannot normalize a single example
+    return batches
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -297,9 +342,8 @@ def train_model(
     torch.manual_seed(seed)
     model = build_mlp(spec.model, data.n_features, data.n_outputs).to(device)
     optimizer = make_optimizer(model, spec)
-    train_split = DeviceSplit.from_split(data.splits["train"], device)
-    dev_split = DeviceSplit.from_split(data.splits["dev"], device)
-    generator = torch.Generator().manual_seed(seed)
+    train_split = on_device(data.splits["train"], device)
+    dev_split = on_device(data.splits["dev"], device)
     cfg = spec.train
     stopping = cfg.early_stopping
     l2_penalty = 0.0 if cfg.optimizer == "adamw" else cfg.l2  # adamw decays weights itself
@@ -317,23 +361,24 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        diverged = False
-        for index in _batches(
-            len(train_split), cfg.batch_size, generator, spec.model.norm == "batch"
+        finite = torch.ones((), dtype=torch.bool, device=device)  # read once per epoch
+        for index in epoch_batches(
+            len(train_split), cfg.batch_size, spec.seed, epoch, spec.model.norm == "batch", device
         ):
             batch_weight = None if train_split.weight is None else train_split.weight[index]
             outputs = model(train_split.X[index])
             losses = example_losses(loss_name, outputs, train_split.y[index], data.task)
             cost = weighted_mean(losses, batch_weight)
             cost = cost + weight_penalty(model, cfg.l1, l2_penalty, len(index))
-            if not torch.isfinite(cost):
-                diverged = True
-                break
+            # A diverged trial is found at the end of the epoch (no host sync per batch); its
+            # weights after the first non-finite cost are never used.
+            finite = finite & torch.isfinite(cost)
             optimizer.zero_grad(set_to_none=True)
             cost.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
+        diverged = not bool(finite)
 
         train_metrics = evaluate(model, train_split, loss_name, data) if not diverged else {}
         dev_metrics = evaluate(model, dev_split, loss_name, data) if not diverged else {}

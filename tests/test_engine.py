@@ -396,6 +396,8 @@ def test_search_on_cuda(tmp_path):
 
 
 def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
+    """A stack that runs out of memory retries its trials one at a time; then only the trial
+    that still does not fit fails."""
     import torch
 
     import hpsearch.objective as objective
@@ -403,17 +405,23 @@ def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
     real_train = objective.train_model
     calls = {"n": 0}
 
+    def stack_out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
     def flaky_train(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_train(*args, **kwargs)
 
+    monkeypatch.setattr(objective, "train_stack", stack_out_of_memory)
     monkeypatch.setattr(objective, "train_model", flaky_train)
     spec = lr_search(tmp_path, trials=3)
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert calls["n"] == 3  # the stack of 3 fell back to solo trainings
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 1}
     assert summary["failure_reasons"] == {"oom": 1}
+    assert [t["stack"] for t in summary["trials"]] == [1, 1, 1]
 
 
 def test_resume_with_more_trials_extends_the_budget(tmp_path):

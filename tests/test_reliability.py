@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import hpsearch.objective as objective
+import hpsearch.stacked as stacked
 import hpsearch.train as train
 from hpsearch.engine import RunOptions, run_spec
 from hpsearch.progress import SilentProgress
@@ -50,7 +51,14 @@ def raising_in_trial_one(exc: BaseException):
                 raise exc
             return real(spec, data, seed, **kwargs)
 
+        def train_stack(specs, data, seeds, *args, **kwargs):
+            if TRIAL_ONE in seeds:  # the stack fails; its trials are retried one at a time
+                raise exc
+            return real_stack(specs, data, seeds, *args, **kwargs)
+
+        real_stack = objective.train_stack
         monkeypatch.setattr(objective, "train_model", train_model)
+        monkeypatch.setattr(objective, "train_stack", train_stack)
 
     return fault
 
@@ -65,7 +73,25 @@ def loss_in_trial_one(factor: float):
             values = real(loss, outputs, y, task)
             return values * factor if torch.initial_seed() == TRIAL_ONE else values
 
+        forward = stacked.StackedMLP.__call__
+        members = {"count": 0}
+
+        def counting_forward(self, x):
+            members["count"] = self.members
+            return forward(self, x)
+
+        def stacked_losses(loss, outputs, y, task):
+            # a stack computes every member's losses in one call, member after member; trials
+            # 0-3 are asked together, so trial 1 is the second member until it leaves
+            values = real(loss, outputs, y, task)
+            if members["count"] != 4:
+                return values
+            rows = values.view(4, -1)
+            return torch.cat([rows[0], rows[1] * factor, rows[2:].reshape(-1)])
+
         monkeypatch.setattr(train, "example_losses", losses)
+        monkeypatch.setattr(stacked, "example_losses", stacked_losses)
+        monkeypatch.setattr(stacked.StackedMLP, "__call__", counting_forward)
 
     return fault
 
@@ -93,15 +119,19 @@ FAULTS = {
 }
 
 
+@pytest.mark.parametrize("stack", ["off", 4])
 @pytest.mark.parametrize("case", list(FAULTS))
-def test_runtime_fault_fails_one_trial_with_a_reason(tmp_path, monkeypatch, case):
+def test_runtime_fault_fails_one_trial_with_a_reason(tmp_path, monkeypatch, case, stack):
     fault, reason = FAULTS[case]
-    summary = run_with_fault(tmp_path, monkeypatch, fault)
+    summary = run_with_fault(tmp_path, monkeypatch, fault, stack=stack)
     by_number = {t["number"]: t for t in summary["trials"]}
     assert by_number[1]["state"] == "failed"
     assert by_number[1]["reason"].startswith(reason)
     assert summary["counts"]["complete"] == 3  # the budget is still spent on the others
     assert summary["best"] is not None
+    # a diverging member leaves its stack; any other fault sends the stack's trials solo
+    trained_in_stack = stack == 4 and reason == "diverged"
+    assert {t["stack"] for t in summary["trials"]} == ({4} if trained_in_stack else {1})
 
 
 def test_exploding_gradients_without_clipping_diverge(tmp_path):
