@@ -78,6 +78,7 @@ from hpsearch.study import (
     is_database,
     load_existing_study,
     open_storage,
+    outcome_of,
     repair_journal,
     replaced_numbers,
     study_outcomes,
@@ -87,6 +88,7 @@ from hpsearch.summary import best_outcome, build_summary
 from hpsearch.train import check_objective_metric, resolve_device, resolve_loss
 
 ROUNDS_FILE = "rounds.json"
+SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json
 # Study attributes: what a worker joining from another machine needs, and how far the run is.
 SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
 STATE_ATTR, FINAL_ATTR = "state", "final"
@@ -521,7 +523,9 @@ class Search:
             direction=spec.objective.resolved_direction,
             load_if_exists=True,
         )
-        self.reported: set[int] = {o.number for o in self.outcomes()}
+        self.known = self.outcomes()  # finished trials reported so far
+        self.reported: set[int] = {o.number for o in self.known}
+        self.summary_written = 0.0  # perf_counter() of the last running summary
 
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         return _decode_points(self.params, [params])[0]
@@ -601,8 +605,12 @@ class Search:
         """Plan and run every round; returns the final state."""
         for index in range(self.rounds()):
             _, target = self.plan_round(index, self.load_rounds())
-            self.run_round(target, index)
-            self.wait_for_running()
+            while True:
+                self.run_round(target, index)
+                self.wait_for_running()
+                # a trial whose worker died while we waited is queued again: run it too
+                if self.out_of_time() or budget_used(self.study) >= target:
+                    break
             if self.out_of_time():
                 break
         return "finished"
@@ -706,18 +714,30 @@ class Search:
             time.sleep(0.25)
 
     def report_new(self) -> None:
-        """Show trials that finished since the last look, and rewrite summary.json."""
-        outcomes = self.outcomes()
-        fresh = sorted(
-            (o for o in outcomes if o.number not in self.reported), key=lambda o: o.number
-        )
+        """Show trials that finished since the last look, and rewrite summary.json.
+
+        Only new trials are decoded, and the running summary is rewritten at most once a
+        second (the final one always), so a trial's bookkeeping does not grow with the study.
+        """
+        fresh = []
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.number not in self.reported:
+                outcome = outcome_of(trial, self.decode)
+                if outcome is not None:
+                    fresh.append(outcome)
         if not fresh:
             return
+        fresh.sort(key=lambda o: o.number)
+        self.known.extend(fresh)
         for outcome in fresh:
             self.reported.add(outcome.number)
             last = outcome is fresh[-1]
-            self.progress.trial_finished(outcome, self.status(outcomes) if last else None)
-        write_summary(self.run, self.spec, outcomes, "running", self.started, study=self.study_name)
+            self.progress.trial_finished(outcome, self.status(self.known) if last else None)
+        if time.perf_counter() - self.summary_written >= SUMMARY_INTERVAL:
+            write_summary(
+                self.run, self.spec, self.known, "running", self.started, study=self.study_name
+            )
+            self.summary_written = time.perf_counter()
 
     def status(self, outcomes: list[TrialOutcome]) -> SearchStatus:
         best = best_outcome(self.spec, outcomes)
