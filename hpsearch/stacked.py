@@ -88,7 +88,8 @@ class StackedMLP:
 
     Names: w{i}/b{i} for layer i's weight [K, in, out] and bias [K, 1, out] (the last layer is
     the output), g{i}/s{i} for a hidden layer's norm scale and shift, mean{i}/var{i} for batch
-    norm's running statistics.
+    norm's running statistics. All trainable values live in one [K, P] tensor (`flat`) and the
+    named ones are views of it, so an optimizer step is a handful of whole-stack operations.
     """
 
     def __init__(self, models: Sequence[MLP], spec: Spec, dropouts: Sequence[float]):
@@ -98,16 +99,20 @@ class StackedMLP:
         blocks = [list(m.hidden) for m in models]
         self.hidden = len(blocks[0])
         self.residual = [block.residual for block in blocks[0]]
-        self.params: dict[str, torch.Tensor] = {}
+        pieces: dict[str, torch.Tensor] = {}
         self.running: dict[str, torch.Tensor] = {}
         self.batches_tracked = 0
+
+        def stack(name: str, tensors: list[torch.Tensor]) -> None:
+            pieces[name] = torch.stack([t.detach() for t in tensors])
+
         for i in range(self.hidden):
             layers = [b[i] for b in blocks]
-            self._stack(f"w{i}", [layer.linear.weight.detach().T for layer in layers])
-            self._stack(f"b{i}", [layer.linear.bias.detach()[None] for layer in layers])
+            stack(f"w{i}", [layer.linear.weight.T for layer in layers])
+            stack(f"b{i}", [layer.linear.bias[None] for layer in layers])
             if self.norm != "none":
-                self._stack(f"g{i}", [layer.norm.weight.detach()[None] for layer in layers])
-                self._stack(f"s{i}", [layer.norm.bias.detach()[None] for layer in layers])
+                stack(f"g{i}", [layer.norm.weight[None] for layer in layers])
+                stack(f"s{i}", [layer.norm.bias[None] for layer in layers])
             if self.norm == "batch":
                 self.running[f"mean{i}"] = torch.stack(
                     [layer.norm.running_mean[None] for layer in layers]
@@ -116,19 +121,31 @@ class StackedMLP:
                     [layer.norm.running_var[None] for layer in layers]
                 )
         out = self.hidden
-        self._stack(f"w{out}", [m.output.weight.detach().T for m in models])
-        self._stack(f"b{out}", [m.output.bias.detach()[None] for m in models])
-        device = self.params["w0"].device
+        stack(f"w{out}", [m.output.weight.T for m in models])
+        stack(f"b{out}", [m.output.bias[None] for m in models])
+        count = len(models)
+        self.shapes = {name: tensor.shape[1:] for name, tensor in pieces.items()}
+        self.sizes = [tensor[0].numel() for tensor in pieces.values()]
+        flat = torch.cat([tensor.reshape(count, -1) for tensor in pieces.values()], dim=1)
+        self.flat = flat.contiguous().requires_grad_(True)
+        self.params = self.views()
+        device = flat.device
         self.keep_prob = torch.tensor([1.0 - p for p in dropouts], device=device)[:, None, None]
         self.dropout = any(p > 0 for p in dropouts)
         self.training = True
 
-    def _stack(self, name: str, tensors: list[torch.Tensor]) -> None:
-        self.params[name] = torch.stack(tensors).clone().requires_grad_(True)
+    def views(self) -> dict[str, torch.Tensor]:
+        """The named tensors as views of `flat` (gradients flow back into it)."""
+        count = self.flat.shape[0]
+        chunks = self.flat.split(self.sizes, dim=1)
+        return {
+            name: chunk.view(count, *shape)
+            for (name, shape), chunk in zip(self.shapes.items(), chunks, strict=True)
+        }
 
     @property
     def members(self) -> int:
-        return self.params["w0"].shape[0]
+        return self.flat.shape[0]
 
     def weight_names(self) -> list[str]:
         """The linear layers' weights: the ones L1/L2 penalize (not biases or norm scales)."""
@@ -144,6 +161,7 @@ class StackedMLP:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[n, in] (shared by every member) -> [K, n, outputs]."""
+        self.params = self.views()
         h = x
         for i in range(self.hidden):
             z = self._linear(i, h)
@@ -155,8 +173,8 @@ class StackedMLP:
 
     def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
         weight, bias = self.params[f"w{i}"], self.params[f"b{i}"]
-        if h.dim() == 2:  # the input, shared: broadcast it over the members
-            return torch.matmul(h, weight) + bias
+        if h.dim() == 2:  # the input, shared by every member
+            return torch.baddbmm(bias, h.expand(weight.shape[0], *h.shape), weight)
         return torch.baddbmm(bias, h, weight)
 
     def _normalize(self, i: int, z: torch.Tensor) -> torch.Tensor:
@@ -200,8 +218,8 @@ class StackedMLP:
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the members at `index` (the others have finished)."""
-        for name, tensor in self.params.items():
-            self.params[name] = tensor.detach()[index].clone().requires_grad_(True)
+        self.flat = self.flat.detach()[index].clone().requires_grad_(True)
+        self.params = self.views()
         for name, tensor in self.running.items():
             self.running[name] = tensor[index]
         self.keep_prob = self.keep_prob[index]
@@ -211,13 +229,13 @@ class StackedMLP:
 
 
 def _column(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    """Per-member values shaped [K, 1, 1], to broadcast against any stacked tensor."""
-    return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None, None]
+    """Per-member values shaped [K, 1], to broadcast against the [K, P] parameters."""
+    return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
 
 
 class StackedOptimizer:
     """torch.optim's update rules (sgd, momentum, nesterov, rmsprop, adam, adamw) applied to
-    stacked tensors, with per-member hyperparameters."""
+    the stack's [K, P] parameters, with per-member hyperparameters."""
 
     def __init__(self, kind: str, momentum: torch.Tensor, weight_decay: torch.Tensor):
         self.kind = kind
@@ -263,8 +281,8 @@ class StackedOptimizer:
             second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             correction1 = 1 - beta1**self.steps
             correction2 = math.sqrt(1 - beta2**self.steps)
-            denominator = second.sqrt() / correction2 + _ADAM_EPS
-            return (lr / correction1) * first / denominator
+            denominator = second.sqrt().div_(correction2).add_(_ADAM_EPS)
+            return first.div(denominator).mul_(lr / correction1)
         raise ValueError(f"unknown optimizer {kind!r}")
 
     def keep(self, index: torch.Tensor) -> None:
@@ -291,13 +309,10 @@ class _Member:
     done: bool = False
 
 
-def _clip(params: dict[str, torch.Tensor], clip: torch.Tensor) -> None:
+def _clip(flat: torch.Tensor, clip: torch.Tensor) -> None:
     """Per-member gradient-norm clipping, as clip_grad_norm_ does for one model."""
-    grads = [p.grad for p in params.values() if p.grad is not None]
-    norms = torch.stack([g.pow(2).sum((1, 2)) for g in grads]).sum(0).sqrt()
-    scale = (clip[:, 0, 0] / (norms + 1e-6)).clamp(max=1.0)[:, None, None]
-    for grad in grads:
-        grad.mul_(scale)
+    norms = flat.grad.norm(dim=1, keepdim=True)
+    flat.grad.mul_((clip / (norms + 1e-6)).clamp(max=1.0))
 
 
 def _penalties(
@@ -307,8 +322,8 @@ def _penalties(
     total: torch.Tensor | float = 0.0
     for name in stack.weight_names():
         weight = stack.params[name]
-        total = total + l2[:, 0, 0] / (2 * m) * weight.pow(2).sum((1, 2))
-        total = total + l1[:, 0, 0] / m * weight.abs().sum((1, 2))
+        total = total + l2[:, 0] / (2 * m) * weight.pow(2).sum((1, 2))
+        total = total + l1[:, 0] / m * weight.abs().sum((1, 2))
     return total
 
 
@@ -391,17 +406,18 @@ def train_stack(
                 costs = costs + _penalties(stack, l1, l2, rows)
             # members are independent: the gradient of the sum is each member's own gradient
             finite = finite & torch.isfinite(costs)
-            for param in stack.params.values():
-                param.grad = None
+            stack.flat.grad = None
             costs.sum().backward()
             if clipping:
-                _clip(stack.params, clip)
-            optimizer.step(stack.params, lr)
+                _clip(stack.flat, clip)
+            optimizer.step({"flat": stack.flat}, lr)
 
         stack.eval()
         finite_now = finite.tolist()
-        train_outputs = predict(stack, train_split.X)
-        dev_outputs = predict(stack, dev_split.X)
+        # a stack's activations are K times a model's: smaller chunks keep them in cache
+        rows = max(512, 16384 // len(active))
+        train_outputs = predict(stack, train_split.X, rows)
+        dev_outputs = predict(stack, dev_split.X, rows)
         seconds = time.perf_counter() - started
         for position, k in enumerate(active):
             member = members[k]

@@ -243,12 +243,14 @@ EVAL_CHUNK = 8192  # rows per forward pass when evaluating: large, but bounded i
 
 
 @torch.inference_mode()
-def predict(model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> torch.Tensor:
-    """Raw outputs for every row, in large chunks (the model must already be in eval mode).
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, rows: int = EVAL_CHUNK
+) -> torch.Tensor:
+    """Raw outputs for every row, `rows` at a time (the model must already be in eval mode).
     Works for a stacked model too: its outputs have a leading member axis."""
-    if X.shape[0] <= EVAL_CHUNK:
+    if X.shape[0] <= rows:
         return model(X)
-    return torch.cat([model(chunk) for chunk in X.split(EVAL_CHUNK)], dim=-2)
+    return torch.cat([model(chunk) for chunk in X.split(rows)], dim=-2)
 
 
 def split_metrics(
