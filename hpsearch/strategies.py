@@ -2,7 +2,7 @@
 
 The strategy proposes, the engine evaluates. Grid points are handed to workers through Optuna's
 queue of waiting trials (each popped once), so no point runs twice; the others are stock
-samplers seeded from the spec.
+samplers seeded from the spec (evolution is our own, in `hpsearch.evolution`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 
 from hpsearch.errors import InputError
+from hpsearch.evolution import EvolutionSampler
 from hpsearch.space import Param, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, Spec
 
@@ -26,10 +27,7 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     if search.strategy == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if search.strategy == "evolution":
-        # NSGA-II with one objective is a generational GA: elitist survival, binary tournament
-        # selection, uniform crossover, and mutation that resamples a gene from its own
-        # distribution (so log ranges and choices are respected).
-        return optuna.samplers.NSGAIISampler(population_size=search.population, seed=seed)
+        return EvolutionSampler(population=search.population, seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
 
 

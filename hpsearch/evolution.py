@@ -1,0 +1,188 @@
+"""Regularized (aging) evolution as an Optuna sampler.
+
+Each new trial copies a parent and changes one of its genes. The parent is the best of a
+random three quarters of the `population` most recent complete trials: old results age out,
+so a lucky draw of a noisy objective cannot stay the parent for the whole search, and the
+random sample keeps the second best in play. The first `population / 2` proposals are random.
+A child that repeats a configuration the study already has is mutated again, which matters in
+small discrete spaces where a one-gene change often leads back to a known point.
+
+The sampler reads nothing but the study's trials (params, values, direction), so several
+processes sharing one storage can each ask with their own seeded instance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+
+class EvolutionSampler(BaseSampler):
+    """Tournament selection from the last `population` complete trials, then mutation.
+
+    `sigma` is a numeric gene's step: its standard deviation as a fraction of the range
+    (measured on the log axis for log ranges).
+    """
+
+    def __init__(
+        self,
+        population: int = 16,
+        tournament: int | None = None,
+        startup: int | None = None,
+        sigma: float = 0.15,
+        seed: int | None = None,
+    ) -> None:
+        self.population = population
+        self.tournament = tournament or max(2, round(0.75 * population))
+        self.startup = max(2, population // 2) if startup is None else startup
+        self.sigma = sigma
+        self._rng = np.random.RandomState(seed)
+        self._random = RandomSampler(seed=None if seed is None else (seed + 1) % 2**32)
+        self._children: dict[int, dict[str, Any]] = {}
+
+    def reseed_rng(self) -> None:
+        self._rng.seed()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # The whole child is decided here, while its parameters are not yet asked one by one
+        # (conditional parameters make the set of genes known only through the parent).
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if len(complete) < self.startup:
+            return
+        recent = sorted(complete, key=lambda t: t.number)[-self.population :]
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        parent = self._select(recent, maximize)
+        seen = {_key(t.params) for t in study.get_trials(deepcopy=False)}
+        child = self._mutate(parent, genes=1)
+        for attempt in range(1, 30):  # every fifth retry changes one gene more
+            if _key(child) not in seen:
+                break
+            child = self._mutate(parent, genes=1 + attempt // 5)
+        self._children[trial.number] = child
+
+    def sample_independent(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        child = self._children.get(trial.number, {})
+        if param_name in child and _contains(param_distribution, child[param_name]):
+            return child[param_name]
+        # a gene the parent lacked (a condition newly met) or whose range changed: random
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Any,
+    ) -> None:
+        self._children.pop(trial.number, None)
+
+    def _select(self, recent: list[FrozenTrial], maximize: bool) -> FrozenTrial:
+        size = min(self.tournament, len(recent))
+        picked = [recent[i] for i in self._rng.choice(len(recent), size, replace=False)]
+        sign = -1.0 if maximize else 1.0
+        return min(picked, key=lambda t: (sign * t.value, t.number))
+
+    def _mutate(self, parent: FrozenTrial, genes: int) -> dict[str, Any]:
+        """The parent's params with `genes` of them (chosen at random) changed."""
+        names = [n for n, d in parent.distributions.items() if _mutable(d)]
+        child = dict(parent.params)
+        if not names:  # every parameter fixed: nothing to change
+            return child
+        count = min(len(names), genes)
+        for index in self._rng.choice(len(names), count, replace=False):
+            name = names[index]
+            child[name] = self._mutate_gene(child[name], parent.distributions[name])
+        return child
+
+    def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
+        if isinstance(dist, CategoricalDistribution):
+            others = [c for c in dist.choices if c != value]
+            return others[self._rng.randint(len(others))]
+        assert isinstance(dist, FloatDistribution | IntDistribution)
+        low, high = _axis(dist, dist.low), _axis(dist, dist.high)
+        delta = self._rng.normal(0.0, self.sigma * (high - low))
+        moved = _from_axis(dist, _reflect(_axis(dist, value) + delta, low, high))
+        step = dist.step
+        if step is None:
+            return float(min(max(moved, dist.low), dist.high))
+        snapped = _snap(dist, moved)
+        if snapped == value:  # a mutation that rounds back to the parent would be wasted
+            direction = 1 if delta >= 0 else -1
+            if not dist.low <= value + direction * step <= dist.high:
+                direction = -direction
+            snapped = _snap(dist, value + direction * step)
+        return snapped
+
+
+def _key(params: dict[str, Any]) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def _mutable(dist: BaseDistribution) -> bool:
+    if isinstance(dist, CategoricalDistribution):
+        return len(dist.choices) > 1
+    return dist.high > dist.low
+
+
+def _contains(dist: BaseDistribution, value: Any) -> bool:
+    try:
+        return dist._contains(dist.to_internal_repr(value))  # noqa: SLF001
+    except (ValueError, TypeError):
+        return False
+
+
+def _axis(dist: FloatDistribution | IntDistribution, value: float) -> float:
+    return math.log(value) if dist.log else float(value)
+
+
+def _from_axis(dist: FloatDistribution | IntDistribution, value: float) -> float:
+    return math.exp(value) if dist.log else value
+
+
+def _reflect(value: float, low: float, high: float) -> float:
+    """Fold a step past a bound back inside, so the bounds are not over-sampled."""
+    span = high - low
+    if span <= 0:
+        return low
+    offset = (value - low) % (2 * span)
+    return low + (offset if offset <= span else 2 * span - offset)
+
+
+def _snap(dist: FloatDistribution | IntDistribution, value: float) -> Any:
+    """The nearest point of a stepped range (ints: whole steps from low)."""
+    step = dist.step
+    count = round((value - dist.low) / step)
+    count = min(max(count, 0), int(math.floor((dist.high - dist.low) / step + 1e-9)))
+    snapped = dist.low + count * step
+    if isinstance(dist, IntDistribution):
+        return int(snapped)
+    return float(snapped)
