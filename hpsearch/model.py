@@ -36,9 +36,18 @@ class HiddenBlock(nn.Module):
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         # Skip connections only where shapes allow (equal widths), as in residual networks.
         self.residual = spec.residual and n_in == n_out
+        self.normalizes = spec.norm != "none"
+        self.drops = spec.dropout > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(self.activation(self.norm(self.linear(x))))
+        # Identity modules are skipped, not called: a module call costs about as much as a
+        # small layer's arithmetic, and a search makes millions of them.
+        out = self.linear(x)
+        if self.normalizes:
+            out = self.norm(out)
+        out = self.activation(out)
+        if self.drops:
+            out = self.dropout(out)
         return x + out if self.residual else out
 
 
@@ -52,7 +61,9 @@ class MLP(nn.Module):
         self.output = nn.Linear(widths[-1], n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output(self.hidden(x))
+        for block in self.hidden:
+            x = block(x)
+        return self.output(x)
 
 
 def initialize(module: nn.Module, init: str, activation: str) -> None:

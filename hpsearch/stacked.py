@@ -30,6 +30,7 @@ from hpsearch.train import (
     TrainResult,
     check_objective_metric,
     epoch_batches,
+    epoch_metrics,
     evaluate,
     example_losses,
     on_device,
@@ -379,7 +380,7 @@ def train_stack(
         ]
         lr = _column(lrs, device)
         stack.train()
-        finite = torch.ones(len(active), dtype=torch.bool, device=device)
+        cost_sums = torch.zeros(len(active), device=device)  # non-finite once a cost is
         y_train = train_split.y
         for index in epoch_batches(
             len(train_split),
@@ -405,7 +406,7 @@ def train_stack(
             if penalize:
                 costs = costs + _penalties(stack, l1, l2, rows)
             # members are independent: the gradient of the sum is each member's own gradient
-            finite = finite & torch.isfinite(costs)
+            cost_sums = cost_sums + costs.detach()
             stack.flat.grad = None
             costs.sum().backward()
             if clipping:
@@ -413,7 +414,7 @@ def train_stack(
             optimizer.step({"flat": stack.flat}, lr)
 
         stack.eval()
-        finite_now = finite.tolist()
+        finite_now = torch.isfinite(cost_sums).tolist()
         # a stack's activations are K times a model's: smaller chunks keep them in cache
         rows = max(512, 16384 // len(active))
         train_outputs = predict(stack, train_split.X, rows)
@@ -504,7 +505,7 @@ def _finish(
         return
     if member.spec.train.early_stopping is not None and member.best_state is not None:
         result.model.load_state_dict(member.best_state)
-    result.metrics = {
+    result.metrics = epoch_metrics(result) or {
         **prefixed("train", evaluate(result.model, train, loss, data)),
         **prefixed("dev", evaluate(result.model, dev, loss, data)),
     }

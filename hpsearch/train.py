@@ -363,7 +363,7 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        finite = torch.ones((), dtype=torch.bool, device=device)  # read once per epoch
+        cost_sum = torch.zeros((), device=device)  # non-finite once any cost is; read per epoch
         for index in epoch_batches(
             len(train_split), cfg.batch_size, spec.seed, epoch, spec.model.norm == "batch", device
         ):
@@ -371,16 +371,18 @@ def train_model(
             outputs = model(train_split.X[index])
             losses = example_losses(loss_name, outputs, train_split.y[index], data.task)
             cost = weighted_mean(losses, batch_weight)
-            cost = cost + weight_penalty(model, cfg.l1, l2_penalty, len(index))
-            # A diverged trial is found at the end of the epoch (no host sync per batch); its
-            # weights after the first non-finite cost are never used.
-            finite = finite & torch.isfinite(cost)
+            if cfg.l1 or l2_penalty:
+                cost = cost + weight_penalty(model, cfg.l1, l2_penalty, len(index))
+            # A diverged trial is found at the end of the epoch (no host sync per batch): costs
+            # are never negative, so their sum is finite unless one is not. Its weights after
+            # the first non-finite cost are never used.
+            cost_sum = cost_sum + cost.detach()
             optimizer.zero_grad(set_to_none=True)
             cost.backward()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-        diverged = not bool(finite)
+        diverged = not math.isfinite(cost_sum.item())
 
         train_metrics = evaluate(model, train_split, loss_name, data) if not diverged else {}
         dev_metrics = evaluate(model, dev_split, loss_name, data) if not diverged else {}
@@ -431,11 +433,22 @@ def train_model(
     if stopping is not None and best_state is not None:
         model.load_state_dict(best_state)
     if result.state != "failed":
-        result.metrics = {
+        result.metrics = epoch_metrics(result) if babysitter is None else {}
+        result.metrics = result.metrics or {
             **prefixed("train", evaluate(model, train_split, loss_name, data)),
             **prefixed("dev", evaluate(model, dev_split, loss_name, data)),
         }
     return result
+
+
+def epoch_metrics(result: TrainResult) -> dict[str, float]:
+    """The train/dev metrics recorded at the epoch whose weights the model ends with (they are
+    the final model's metrics: evaluation is deterministic), so they need not be computed
+    again; {} when there is no such record."""
+    for record in result.history:
+        if record.get("epoch") == result.best_epoch and "event" not in record:
+            return {k: v for k, v in record.items() if k.startswith(("train_", "dev_"))}
+    return {}
 
 
 def score_split(

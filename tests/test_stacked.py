@@ -34,7 +34,8 @@ def largest_difference(a, b) -> float:
     state_a, state_b = a.model.state_dict(), b.model.state_dict()
     assert state_a.keys() == state_b.keys()
     gaps = [(state_a[k].double() - state_b[k].double()).abs().max().item() for k in state_a]
-    gaps += [abs(a.metrics[k] - b.metrics[k]) for k in a.metrics]
+    # metrics in the target's units (dev_mse of a regression) compare relative to their size
+    gaps += [abs(a.metrics[k] - b.metrics[k]) / max(1.0, abs(a.metrics[k])) for k in a.metrics]
     gaps += [abs(x["dev_loss"] - y["dev_loss"]) for x, y in zip(a.history, b.history, strict=True)]
     return max(gaps)
 
