@@ -74,6 +74,7 @@ from hpsearch.study import (
     budget_lock,
     budget_used,
     fail_stale,
+    failure_reason,
     heartbeat,
     is_database,
     load_existing_study,
@@ -807,7 +808,7 @@ class Search:
         for trial in trials:
             if (
                 trial.state == TrialState.FAIL
-                and trial.user_attrs.get("reason") == "interrupted"
+                and failure_reason(trial) == "interrupted"
                 and "retry_of" not in trial.user_attrs
                 and trial.number not in replaced
             ):

@@ -51,6 +51,8 @@ class EvolutionSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=None if seed is None else (seed + 1) % 2**32)
         self._children: dict[int, dict[str, Any]] = {}
+        self._finished_numbers: set[int] = set()
+        self._finished_keys: set[tuple] = set()
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -69,19 +71,34 @@ class EvolutionSampler(BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # The whole child is decided here, while its parameters are not yet asked one by one
         # (conditional parameters make the set of genes known only through the parent).
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if len(complete) < self.startup:
             return
         recent = sorted(complete, key=lambda t: t.number)[-self.population :]
         maximize = study.direction == StudyDirection.MAXIMIZE
         parent = self._select(recent, maximize)
-        seen = {_key(t.params) for t in study.get_trials(deepcopy=False)}
+        running = self._remember_finished(trials)
         child = self._mutate(parent, genes=1)
         for attempt in range(1, 30):  # every fifth retry changes one gene more
-            if _key(child) not in seen:
+            if _key(child) not in self._finished_keys and _key(child) not in running:
                 break
             child = self._mutate(parent, genes=1 + attempt // 5)
         self._children[trial.number] = child
+
+    def _remember_finished(self, trials: list[FrozenTrial]) -> set[tuple]:
+        """Add finished trials' configurations to the known set (each once, so a proposal's
+        cost does not grow with the study); return those of trials still unfinished."""
+        running = set()
+        for t in trials:
+            if t.number in self._finished_numbers:
+                continue
+            if t.state.is_finished():
+                self._finished_numbers.add(t.number)
+                self._finished_keys.add(_key(t.params))
+            else:
+                running.add(_key(t.params))
+        return running
 
     def sample_independent(
         self,

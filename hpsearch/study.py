@@ -124,7 +124,9 @@ def replaced_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
     """Trials that were retried (after a lost heartbeat or a resume): their retry replaces them."""
     numbers = set()
     for trial in trials:
-        retried = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+        # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without the
+        # experimental-API warning it raises on every call (thousands per trial in a big study)
+        retried = trial.system_attrs.get("failed_trial")
         if retried is None:
             retried = trial.user_attrs.get("retry_of")
         if retried is not None:
@@ -172,15 +174,22 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) 
 
 def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
     """Finish a trial in the study, keeping its outcome on it for reports from the database."""
+    # one storage write per attribute: the reason travels inside the outcome
     trial.set_user_attr(OUTCOME_ATTR, outcome.to_json())
-    if outcome.reason:
-        trial.set_user_attr("reason", outcome.reason)
     if outcome.state == "complete" and outcome.value is not None:
         study.tell(trial, outcome.value)
     elif outcome.state == "pruned":
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)
+
+
+def failure_reason(trial: optuna.trial.FrozenTrial) -> str | None:
+    """A finished trial's reason (diverged, interrupted, skipped, ...), wherever it was kept."""
+    stored = trial.user_attrs.get(OUTCOME_ATTR)
+    if stored is not None:
+        return stored.get("reason")
+    return trial.user_attrs.get("reason")
 
 
 def outcome_of(trial: optuna.trial.FrozenTrial, decode) -> TrialOutcome | None:
