@@ -474,7 +474,8 @@ def _alts(options: typing.Iterable[Any]) -> str:
 def _describe(error: dict[str, Any], loc: Path_) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        key = loc[-1]
+        # a top-level key that looks like a pydantic label ('A') is cleaned out of `loc`
+        key = loc[-1] if loc else error["loc"][-1]
         parent = _model_at(loc[:-1])
         allowed = list(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(key), allowed, n=1)

@@ -52,6 +52,7 @@ def test_relative_data_path_resolves_against_spec_file(tmp_path):
 BAD_SPEC_TEXTS = [
     pytest.param(MINIMAL + "train: {lrr: 0.1}\n", "did you mean 'lr'", id="unknown-key-hint"),
     pytest.param(MINIMAL + "modle: {}\n", "did you mean 'model'", id="unknown-top-key"),
+    pytest.param(MINIMAL + "A: 1\n", "unknown key 'A'", id="unknown-capital-key"),
     pytest.param(
         "name: t\nname: u\ndata: {source: sklearn:iris}\n", "duplicate key 'name'", id="dup"
     ),
