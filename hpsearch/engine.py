@@ -408,22 +408,16 @@ def _train_group(
     group: list[Proposal],
     progress: ProgressSink,
 ) -> list[tuple[optuna.Trial, TrialOutcome]]:
-    """Train one group (alone, or stacked when it has several trials)."""
+    """Train one group: stacked when it has several trials, alone otherwise."""
     spec = task.spec
     prune = spec.search.pruner != "none"
     for trial, values in group:
         progress.trial_started(trial.number, values, apply_params(spec, values).train.epochs)
     callbacks = [_epoch_callback(trial, spec, progress, prune) for trial, _ in group]
+    rescue = spec.search.mode == "panda" and spec.search.panda.rescue
+    proposals = [(trial.number, values) for trial, values in group]
     with heartbeat(storage, [trial for trial, _ in group]):
-        if len(group) == 1:
-            (trial, values), callback = group[0], callbacks[0]
-            rescue = spec.search.mode == "panda" and spec.search.panda.rescue
-            outcomes = [
-                run_trial(spec, task.data, run, trial.number, values, callback, rescue=rescue)
-            ]
-        else:
-            proposals = [(trial.number, values) for trial, values in group]
-            outcomes = run_stack(spec, task.data, run, proposals, callbacks)
+        outcomes = run_stack(spec, task.data, run, proposals, callbacks, rescue=rescue)
     return [(trial, outcome) for (trial, _), outcome in zip(group, outcomes, strict=True)]
 
 

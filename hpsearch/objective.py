@@ -155,14 +155,16 @@ def run_stack(
     proposals: list[tuple[int, dict[str, Any]]],
     on_epochs: list[EpochCallback | None] | None = None,
     device: torch.device | None = None,
+    rescue: bool = False,
 ) -> list[TrialOutcome]:
     """Train same-shape trials as one stacked model; each gets its folder and outcome exactly as
     `run_trial` gives it. A fault in the stack (out of memory, say) sends its trials through
-    `run_trial` one at a time, so no trial is lost to its neighbours."""
+    `run_trial` one at a time, so no trial is lost to its neighbours. A single trial goes
+    straight to `run_trial` (the only path with panda's `rescue`)."""
     on_epochs = on_epochs or [None] * len(proposals)
     if len(proposals) == 1:
         (number, params), on_epoch = proposals[0], on_epochs[0]
-        return [run_trial(spec, data, run, number, params, on_epoch, device)]
+        return [run_trial(spec, data, run, number, params, on_epoch, device, rescue)]
     started = time.perf_counter()
     try:
         outcomes = [_begin(run, number, params, spec) for number, params in proposals]
