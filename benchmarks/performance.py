@@ -36,8 +36,8 @@ import optuna
 import torch
 from torch import nn
 
-import hpsearch.engine as engine
 import hpsearch.objective as objective
+import hpsearch.workers as worker_module
 from hpsearch.data import load_dataset
 from hpsearch.engine import RunOptions, run_spec
 from hpsearch.model import build_mlp
@@ -328,7 +328,7 @@ def _no_op_stack(specs, data, seeds, *args, **kwargs) -> list[TrainResult]:
 def fig_bookkeeping(folder: Path, trials: int = 1000) -> list[Row]:
     """Time between consecutive finished trials when training costs nothing."""
     results = []
-    real_tell = engine.tell_outcome
+    real_tell = worker_module.tell_outcome
     stamps: list[float] = []
 
     def tell_and_stamp(*args: Any, **kwargs: Any) -> None:
@@ -338,7 +338,7 @@ def fig_bookkeeping(folder: Path, trials: int = 1000) -> list[Row]:
     patches = {
         (objective, "train_model"): _no_op_training,
         (objective, "train_stack"): _no_op_stack,
-        (engine, "tell_outcome"): tell_and_stamp,
+        (worker_module, "tell_outcome"): tell_and_stamp,
     }
     originals = {key: getattr(*key) for key in patches}
     space_of = {
@@ -393,13 +393,13 @@ def memory_child(folder: Path, trials: int = 300) -> dict[str, float]:
     """Run in a fresh process: RSS after each finished trial of a tiny in-process search."""
     torch.set_num_threads(1)
     samples: list[float] = []
-    real_tell = engine.tell_outcome
+    real_tell = worker_module.tell_outcome
 
     def tell_and_measure(*args: Any, **kwargs: Any) -> None:
         real_tell(*args, **kwargs)
         samples.append(_rss_mb())
 
-    engine.tell_outcome = tell_and_measure
+    worker_module.tell_outcome = tell_and_measure
     search = {
         "strategy": "random",
         "trials": trials,

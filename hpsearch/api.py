@@ -1,7 +1,8 @@
 """`hpsearch.minimize`: the search strategies of `hpsearch run` on any Python objective.
 
-The same samplers, grid points and refine (tightening) functions as a run, in memory: no run
-folder, no files, no processes.
+The same samplers, sampler seeds and round planner (`hpsearch.rounds`) as a run, in memory: no
+run folder, no files, no processes. For the same space and seed, `minimize` proposes the
+points a one-worker `hpsearch run` proposes, in the same order.
 """
 
 from __future__ import annotations
@@ -9,105 +10,141 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import optuna
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpsearch.errors import InputError
-from hpsearch.space import Param, grid_points, parse_free_space, suggest, to_optuna_params
+from hpsearch.rounds import plan_round, round_budgets, round_count, sampler_seed
+from hpsearch.space import decode_params, parse_free_space, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, describe_validation_error
-from hpsearch.strategies import (
-    DEFAULT_TRIALS,
-    best_fraction,
-    check_strategy,
-    make_sampler,
-    refine_points,
-    round_budgets,
-    spread,
-    tighten,
-    unseen,
-)
+from hpsearch.strategies import check_strategy, make_sampler
+from hpsearch.study import quiet_optuna
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Options of `hpsearch run` that mean nothing for an objective evaluated here, one at a time.
+_RUN_ONLY = ("mode", "workers", "timeout", "pruner", "stack", "panda", "space")
+
+
+class TrialRecord(TypedDict):
+    """One evaluation: its number, the params it got, the value it returned and its state
+    ('complete', or 'fail' when the value was NaN or infinite)."""
+
+    number: int
+    params: dict[str, Any]
+    value: float | None
+    state: str
 
 
 @dataclass
 class SearchResult:
+    """What `minimize` found: the best params and value, and every evaluation in order."""
+
     best_params: dict[str, Any]
     best_value: float
-    trials: list[dict[str, Any]] = field(default_factory=list)  # number, params, value, state
+    trials: list[TrialRecord] = field(default_factory=list)
 
 
-def _search_spec(strategy: str, trials: int, options: dict[str, Any]) -> SearchSpec:
+def _search_spec(
+    strategy: str, trials: int | None, population: int, refine: dict[str, Any] | None
+) -> SearchSpec:
+    raw: dict[str, Any] = {"strategy": strategy, "trials": trials, "population": population}
+    if refine is not None:
+        raw["refine"] = refine
     try:
-        search = SearchSpec.model_validate({"strategy": strategy, "trials": trials, **options})
+        search = SearchSpec.model_validate(raw)
     except ValidationError as exc:
         raise describe_validation_error(exc, "minimize", {}) from None
     check_strategy(search)
     return search
 
 
-def _decode(params: list[Param], raw: dict[str, Any]) -> dict[str, Any]:
-    by_path = {p.path: p for p in params}
-    return {k: by_path[k].decode(v) for k, v in raw.items() if k in by_path}
-
-
 def minimize(
     objective: Callable[[dict[str, Any]], float],
     space: dict[str, dict[str, Any]],
+    *,
     strategy: str = "evolution",
-    trials: int = DEFAULT_TRIALS,
+    trials: int | None = None,
     seed: int = 0,
-    **options: Any,
+    population: int = 16,
+    refine: dict[str, Any] | None = None,
+    **run_only: Any,
 ) -> SearchResult:
-    """Minimize `objective(params)` over `space` (the spec's `search.space` syntax).
+    """Minimize `objective(params)` over `space`, one evaluation at a time, in this process.
 
-    `options` are the spec's search options: `population` (evolution), `refine`
-    (`{"rounds": R, "keep": f}`, grid and random). A non-finite value fails that evaluation.
+    Args:
+        objective: called with a dict of values, one per active parameter of `space`; returns
+            the value to minimize. A NaN or infinite value fails that evaluation.
+        space: the spec's `search.space` syntax (`{"lr": {"low": 1e-4, "high": 1, "log": True}}`);
+            a range whose low and high are both integers is an integer range.
+        strategy: grid, random, evolution or tpe.
+        trials: the evaluation budget, spread over the rounds; None gives 40, or every grid
+            point for `grid` (every round's grid, with `refine`).
+        seed: seeds the samplers and refine rounds exactly as the spec's `seed` does in a run.
+        population: evolution's window of recent trials.
+        refine: `{"rounds": R, "keep": f}` (grid and random): R more rounds, each tightened
+            around the best fraction f so far.
+
+    Raises:
+        InputError: a bad space or option.
+        TypeError: an option of `hpsearch run` that `minimize` has no use for (workers,
+            pruner, ...).
     """
-    search = _search_spec(strategy, trials, options)
+    if run_only:
+        named = ", ".join(sorted(run_only))
+        known = [k for k in run_only if k in _RUN_ONLY]
+        why = (
+            "minimize evaluates one objective at a time in this process"
+            if known
+            else "it is not an option"
+        )
+        raise TypeError(
+            f"minimize() does not take {named}: {why}; its options are strategy, trials, seed, "
+            "population and refine"
+        )
+    search = _search_spec(strategy, trials, population, refine)
     params = parse_free_space(space)
     if not params:
         raise InputError("space: give at least one parameter")
-    study = optuna.create_study(sampler=make_sampler(search, seed), direction="minimize")
-    rounds = 1 + (search.refine.rounds if search.refine else 0)
-    budgets = round_budgets(trials, rounds)
-    current = params
-    for index in range(rounds):
-        count = budgets[index]
-        if index > 0:
-            finished = [
-                (t.params, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))
-            ]
-            best = best_fraction(finished, search.refine.keep, maximize=False)
-            current = tighten(current, [_decode(params, b) for b in best])
-        if search.strategy == "grid" or index > 0:  # queued points, as in `hpsearch run`
-            if search.strategy == "grid":
-                points = spread(grid_points(current, None), count)
-            else:
-                points = refine_points(current, count, seed * 1009 + index, None)
-            points = unseen(points, params, study.trials)
-            for point in points:
+    with quiet_optuna():
+        study = optuna.create_study(
+            sampler=make_sampler(search, sampler_seed(seed, 0)), direction="minimize"
+        )
+        budgets = round_budgets(search)
+        current = None
+        for index in range(round_count(search)):
+            planned = plan_round(
+                search,
+                params,
+                index,
+                previous=current,
+                finished=[
+                    (decode_params(params, t.params), t.value)
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                ],
+                tried=[decode_params(params, t.params) for t in study.get_trials(deepcopy=False)],
+                budget=budgets[index],
+                seed=seed,
+            )
+            current = planned.space
+            for point in planned.points or []:  # queued points, as in `hpsearch run`
                 study.enqueue_trial(to_optuna_params(params, point))
-            count = len(points)
-        for _ in range(count):
-            trial = study.ask()
-            values = suggest(trial, params, None)
-            value = float(objective(values))
-            if math.isfinite(value):
-                study.tell(trial, value)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
+            for _ in range(planned.count):
+                trial = study.ask()
+                value = float(objective(suggest(trial, params, None)))
+                if math.isfinite(value):
+                    study.tell(trial, value)
+                else:
+                    study.tell(trial, state=TrialState.FAIL)
     return _result(study, params)
 
 
-def _result(study: optuna.Study, params: list[Param]) -> SearchResult:
-    records = [
+def _result(study: optuna.Study, params: list) -> SearchResult:
+    records: list[TrialRecord] = [
         {
             "number": t.number,
-            "params": _decode(params, t.params),
+            "params": decode_params(params, t.params),
             "value": t.value,
             "state": t.state.name.lower(),
         }

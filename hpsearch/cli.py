@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from hpsearch.errors import InputError
+from hpsearch.runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(
     add_completion=False,
@@ -69,7 +70,7 @@ def run(
     ] = None,
     runs_dir: Annotated[
         Path, typer.Option("--runs-dir", help="Parent folder of run folders.")
-    ] = Path("runs"),
+    ] = DEFAULT_RUNS_DIR,
     resume: Annotated[
         str | None, typer.Option(help="Continue a stopped run: its folder, or 'latest'.")
     ] = None,
@@ -137,7 +138,7 @@ def worker(
     ] = None,
     runs_dir: Annotated[
         Path, typer.Option("--runs-dir", help="Where this machine writes trial folders.")
-    ] = Path("runs"),
+    ] = DEFAULT_RUNS_DIR,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for the next round before leaving.")
     ] = 60.0,
@@ -210,9 +211,9 @@ def report(
         str, typer.Option("--format", help="table, json, markdown or html.")
     ] = "table",
     top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are.")] = Path(
-        "runs"
-    ),
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where run folders are.")
+    ] = DEFAULT_RUNS_DIR,
     storage: Annotated[
         str | None, typer.Option(help="Report a study from this database alone.")
     ] = None,
@@ -248,9 +249,9 @@ def report(
 @app.command()
 @user_errors
 def runs(
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders are.")] = Path(
-        "runs"
-    ),
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where run folders are.")
+    ] = DEFAULT_RUNS_DIR,
 ) -> None:
     """List run folders: strategy, state, trials and best value."""
     from rich.console import Console

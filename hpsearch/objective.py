@@ -1,11 +1,13 @@
-"""One trial: apply sampled params to the spec, build, train, and write `trials/<n>/`."""
+"""One trial or one stack of trials: apply sampled params to the spec, train, and write each
+trial's `trials/<n>/` folder."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
 from hpsearch.model import build_mlp
+from hpsearch.outcome import Reason, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, append_jsonl, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
@@ -28,24 +31,8 @@ from hpsearch.train import (
     train_model,
 )
 
-
-@dataclass
-class TrialOutcome:
-    number: int
-    state: str  # complete | pruned | failed
-    reason: str | None
-    params: dict[str, Any]
-    seed: int
-    value: float | None = None  # the objective metric of the final model
-    metrics: dict[str, float] = field(default_factory=dict)
-    best_epoch: int = 0
-    epochs_run: int = 0
-    stopped_early: bool = False
-    seconds: float = 0.0
-    stack: int = 1  # how many trials trained together with this one (itself included)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+# Told each epoch's record of trial `number` (and rescue events); True stops that trial (pruned).
+TrialCallback = Callable[[int, dict[str, Any]], bool | None]
 
 
 def trial_seed(spec_seed: int, number: int) -> int:
@@ -65,16 +52,17 @@ def _begin(run: RunFolder, number: int, params: dict[str, Any], spec: Spec) -> T
     folder.root.mkdir(parents=True, exist_ok=True)
     write_json(folder.params, {"number": number, "seed": seed, "params": params})
     folder.metrics.write_text("", encoding="utf-8")
-    return TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
+    return TrialOutcome(number, TrialState.FAILED, None, params, seed)
 
 
-def _logger(run: RunFolder, number: int, on_epoch: EpochCallback | None) -> EpochCallback:
-    """Each epoch's record goes to the trial's metrics.jsonl, then to the caller's callback."""
+def _logged(run: RunFolder, number: int, on_epoch: TrialCallback | None) -> EpochCallback:
+    """The training loop's callback for trial `number`: each record goes to the trial's
+    metrics.jsonl, then to the caller's callback."""
     path = run.trial(number).metrics
 
     def log_epoch(record: dict[str, Any]) -> bool:
         append_jsonl(path, record)
-        return on_epoch(record) if on_epoch is not None else False
+        return bool(on_epoch(number, record)) if on_epoch is not None else False
 
     return log_epoch
 
@@ -84,19 +72,19 @@ def _failure_reason(exc: BaseException, folder: Path) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        return "oom"
+        return Reason.OOM.value
     if isinstance(exc, OSError):
-        return f"disk: {exc.strerror or exc} ({exc.filename or folder})"
-    return f"error: {type(exc).__name__}: {exc}"
+        return Reason.DISK.detailed(f"{exc.strerror or exc} ({exc.filename or folder})")
+    return Reason.ERROR.detailed(f"{type(exc).__name__}: {exc}")
 
 
 def _settle(
     spec: Spec, run: RunFolder, outcome: TrialOutcome, result: TrainResult, stack: int = 1
 ) -> None:
     """Copy a finished training into the outcome and save the model."""
-    if result.state != "failed":
+    if result.state != TrialState.FAILED:
         torch.save(result.model.state_dict(), run.trial(outcome.number).model)
-    outcome.state, outcome.reason = result.state, result.reason
+    outcome.state, outcome.reason = TrialState(result.state), result.reason
     outcome.metrics = result.metrics
     outcome.best_epoch = result.best_epoch
     outcome.epochs_run = result.epochs_run
@@ -118,7 +106,7 @@ def run_trial(
     run: RunFolder,
     number: int,
     params: dict[str, Any],
-    on_epoch: EpochCallback | None = None,
+    on_epoch: TrialCallback | None = None,
     device: torch.device | None = None,
     rescue: bool = False,
 ) -> TrialOutcome:
@@ -129,14 +117,14 @@ def run_trial(
     """
     started = time.perf_counter()
     seed = trial_seed(spec.seed, number)
-    outcome = TrialOutcome(number=number, state="failed", reason=None, params=params, seed=seed)
+    outcome = TrialOutcome(number, TrialState.FAILED, None, params, seed)
     try:
         outcome = _begin(run, number, params, spec)
         result = train_model(
             apply_params(spec, params),
             data,
             seed,
-            on_epoch=_logger(run, number, on_epoch),
+            on_epoch=_logged(run, number, on_epoch),
             device=device,
             rescue=rescue,
         )
@@ -153,7 +141,7 @@ def run_stack(
     data: Dataset,
     run: RunFolder,
     proposals: list[tuple[int, dict[str, Any]]],
-    on_epochs: list[EpochCallback | None] | None = None,
+    on_epoch: TrialCallback | None = None,
     device: torch.device | None = None,
     rescue: bool = False,
 ) -> list[TrialOutcome]:
@@ -161,9 +149,8 @@ def run_stack(
     `run_trial` gives it. A fault in the stack (out of memory, say) sends its trials through
     `run_trial` one at a time, so no trial is lost to its neighbours. A single trial goes
     straight to `run_trial` (the only path with panda's `rescue`)."""
-    on_epochs = on_epochs or [None] * len(proposals)
     if len(proposals) == 1:
-        (number, params), on_epoch = proposals[0], on_epochs[0]
+        (number, params) = proposals[0]
         return [run_trial(spec, data, run, number, params, on_epoch, device, rescue)]
     started = time.perf_counter()
     try:
@@ -172,10 +159,7 @@ def run_stack(
             [apply_params(spec, params) for _, params in proposals],
             data,
             [outcome.seed for outcome in outcomes],
-            [
-                _logger(run, n, callback)
-                for (n, _), callback in zip(proposals, on_epochs, strict=True)
-            ],
+            [_logged(run, number, on_epoch) for number, _ in proposals],
             device=device,
         )
         for outcome, result in zip(outcomes, results, strict=True):
@@ -186,8 +170,8 @@ def run_stack(
         if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
             torch.cuda.empty_cache()
         return [
-            run_trial(spec, data, run, number, params, callback, device)
-            for (number, params), callback in zip(proposals, on_epochs, strict=True)
+            run_trial(spec, data, run, number, params, on_epoch, device)
+            for number, params in proposals
         ]
     return [_close(run, outcome, started) for outcome in outcomes]
 
@@ -232,3 +216,12 @@ def evaluate_best(
                 errors[f"{name}_error"] = metrics.get("error")
             groups[label] = errors
     return FinalEvaluation(test, groups)
+
+
+def score_best(spec: Spec, data: Dataset, run: RunFolder, best: TrialOutcome) -> FinalEvaluation:
+    """Finishing a run: the best trial on the test split (once) and per group. A best trial that
+    trained on another machine (its weights are not here) is trained again first, from its
+    recorded seed: a trial's seed derives from the spec and its number."""
+    if not run.trial(best.number).model.exists():
+        run_trial(spec, data, run, best.number, best.params)
+    return evaluate_best(spec, data, run, best)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import yaml
@@ -12,44 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpsearch.errors import InputError
-from hpsearch.objective import TrialOutcome
+from hpsearch.outcome import TrialOutcome, TrialState
 from hpsearch.space import Param, apply_params, in_range
 from hpsearch.spec import Spec
-
-
-@dataclass
-class SearchStatus:
-    """Where a search stands after a trial finished."""
-
-    done: int
-    total: int | None
-    counts: dict[str, int]
-    best_value: float | None
-    best_trial: int | None
-    metric: str
-    elapsed: float
-
-    @property
-    def eta(self) -> float | None:
-        if not self.total or not self.done or self.done >= self.total:
-            return None
-        return self.elapsed / self.done * (self.total - self.done)
-
-    def text(self) -> str:
-        counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n)
-        parts = [f"[{self.done}/{self.total or '?'}] {counts}"]
-        if self.best_value is not None:
-            parts.append(f"best {self.metric} {self.best_value:.4g} (trial {self.best_trial})")
-        parts.append(f"elapsed {_clock(self.elapsed)}")
-        if self.eta is not None:
-            parts.append(f"eta {_clock(self.eta)}")
-        return "  ".join(parts)
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+from hpsearch.summary import SearchStatus
 
 
 class ProgressSink(Protocol):
@@ -65,7 +30,7 @@ def _metric_text(record: dict[str, Any]) -> str:
 
 
 def outcome_text(outcome: TrialOutcome) -> str:
-    if outcome.state == "failed":
+    if outcome.state == TrialState.FAILED:
         return f"trial {outcome.number} failed: {outcome.reason}"
     metrics = outcome.metrics
     parts = [f"trial {outcome.number} {outcome.state}"]

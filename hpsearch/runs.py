@@ -47,8 +47,32 @@ class RunFolder:
         return self.root / "summary.json"
 
     @property
+    def rounds(self) -> Path:
+        """Each search round's space and trial target (a copy of the study's record)."""
+        return self.root / "rounds.json"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
+
+    @property
+    def ask_lock(self) -> Path:
+        """The file lock workers on this machine take to count trials and ask for the next."""
+        return self.root / ".ask.lock"
+
+    @property
+    def stop_file(self) -> Path:
+        """Present while the run is stopping: workers start no new trial, no new round begins."""
+        return self.root / ".stop"
+
+    def stop_requested(self) -> bool:
+        return self.stop_file.exists()
+
+    def request_stop(self) -> None:
+        self.stop_file.touch()
+
+    def clear_stop(self) -> None:
+        self.stop_file.unlink(missing_ok=True)
 
     @property
     def trials_dir(self) -> Path:
@@ -117,6 +141,20 @@ def list_runs(runs_dir: Path) -> list[RunFolder]:
 def latest_run(runs_dir: Path) -> RunFolder | None:
     runs = list_runs(runs_dir)
     return runs[-1] if runs else None
+
+
+def find_run(runs_dir: Path, resume: str) -> RunFolder:
+    """`--resume RUN|latest`: a run folder by path, by name under `runs_dir`, or the newest."""
+    if resume == "latest":
+        run = latest_run(runs_dir)
+        if run is None:
+            raise InputError(f"--resume latest: no run folder under {runs_dir}")
+        return run
+    path = Path(resume)
+    for candidate in (path, runs_dir / resume):
+        if (candidate / "spec.yaml").is_file():
+            return RunFolder(candidate)
+    raise InputError(f"--resume: no run folder '{resume}' (looked in {runs_dir})")
 
 
 def write_json(path: Path, payload: Any) -> None:

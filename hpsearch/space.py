@@ -230,6 +230,14 @@ def to_optuna_params(params: list[Param], point: dict[str, Any]) -> dict[str, An
     return {k: (encode(v) if not by_path[k].is_range else v) for k, v in point.items()}
 
 
+def decode_params(params: list[Param], stored: dict[str, Any]) -> dict[str, Any]:
+    """A trial's params as Optuna stores them -> the values a spec takes (lists decoded).
+
+    A key that is not in the space is kept as stored: nothing a trial recorded is dropped."""
+    by_path = {p.path: p for p in params}
+    return {k: by_path[k].decode(v) if k in by_path else v for k, v in stored.items()}
+
+
 def in_range(param: Param, value: Any) -> bool:
     if not param.is_range:
         return value in param.options

@@ -574,3 +574,37 @@ def load_spec(path: str | Path) -> Spec:
 def spec_to_yaml(spec: Spec) -> str:
     """The resolved spec as YAML (every default filled in), as written to a run folder."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def check_resume_compatible(old: Spec, new: Spec) -> list[str]:
+    """Refuse spec changes that make a stopped run's trials meaningless (an input error naming
+    each); return warnings for benign ones (a range widened or narrowed)."""
+    problems, warnings = [], []
+    if old.objective != new.objective:
+        problems.append("the objective (metric or direction) changed")
+    if old.search is None or new.search is None:
+        problems.append("the search section was added or removed")
+    else:
+        if old.search.strategy != new.search.strategy:
+            problems.append(
+                f"the strategy changed ({old.search.strategy} -> {new.search.strategy})"
+            )
+        for path, before in old.search.space.items():
+            after = new.search.space.get(path)
+            if after is None:
+                problems.append(f"search.space[{path}] was removed")
+            elif before.choices != after.choices or before.values != after.values:
+                problems.append(f"search.space[{path}]: the choices changed")
+            elif before.log != after.log:
+                problems.append(f"search.space[{path}]: the log flag changed")
+            elif before.is_range and (after.low < before.low or after.high > before.high):
+                warnings.append(f"search.space[{path}] widened; earlier trials stay as they were")
+            elif before.is_range and (after.low > before.low or after.high < before.high):
+                warnings.append(f"search.space[{path}] narrowed")
+        for path in new.search.space.keys() - old.search.space.keys():
+            problems.append(f"search.space[{path}] was added")
+    if old.data != new.data:
+        problems.append("the data section changed")
+    if problems:
+        raise InputError("cannot resume: " + "; ".join(problems) + ". Start a new run instead.")
+    return warnings

@@ -7,7 +7,6 @@ samplers seeded from the spec (evolution is our own, in `hpsearch.evolution`).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import replace
 from typing import Any
@@ -16,10 +15,8 @@ import optuna
 
 from hpsearch.errors import InputError
 from hpsearch.evolution import EvolutionSampler
-from hpsearch.space import Param, suggest, to_optuna_params
-from hpsearch.spec import SearchSpec, Spec
-
-DEFAULT_TRIALS = 40
+from hpsearch.space import Param, suggest
+from hpsearch.spec import ParamSpec, SearchSpec, Spec
 
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -50,12 +47,6 @@ def check_strategy(search: SearchSpec) -> None:
             f"search.stack: panda trains one watched model at a time, so it cannot stack "
             f"{search.stack} trials; use mode: caviar, or leave stack out"
         )
-
-
-def round_budgets(total: int, rounds: int) -> list[int]:
-    """Split a trial budget over rounds as evenly as possible (earlier rounds get the rest)."""
-    base, rest = divmod(total, rounds)
-    return [base + (1 if i < rest else 0) for i in range(rounds)]
 
 
 def best_fraction(
@@ -120,6 +111,18 @@ def describe_space(params: list[Param]) -> dict[str, Any]:
     return {p.path: p.spec.model_dump(exclude_none=True, exclude_defaults=True) for p in params}
 
 
+def space_from_description(params: list[Param], description: dict[str, Any]) -> list[Param]:
+    """The space `describe_space` recorded, as params again (conditions and kinds from the full
+    space `params`): how a resumed run reads back the rounds planned before it stopped."""
+    by_path = {p.path: p for p in params}
+    space = []
+    for path, raw in description.items():
+        base = by_path[path]
+        spec = ParamSpec.model_validate({**raw, "when": base.spec.when})
+        space.append(Param(path, spec, base.kind))
+    return space
+
+
 def refine_points(params: list[Param], count: int, seed: int, spec: Spec | None) -> list[dict]:
     """`count` random points inside a tightened space, drawn with Optuna's RandomSampler.
 
@@ -134,20 +137,3 @@ def refine_points(params: list[Param], count: int, seed: int, spec: Spec | None)
         points.append(suggest(trial, params, spec))
         study.tell(trial, 0.0)
     return points
-
-
-def spread(points: list[dict], budget: int | None) -> list[dict]:
-    """At most `budget` grid points, evenly spaced through the grid's order so that a budget
-    smaller than the grid still spans every axis (None: the whole grid)."""
-    if budget is None or len(points) <= budget:
-        return points
-    step = len(points) / budget
-    return [points[int(i * step)] for i in range(budget)]
-
-
-def unseen(points: list[dict], params: list[Param], trials: list[optuna.trial.FrozenTrial]) -> list:
-    """Points no trial of the study has run yet (a refine round never repeats a point)."""
-    done = {json.dumps(t.params, sort_keys=True) for t in trials}
-    return [
-        p for p in points if json.dumps(to_optuna_params(params, p), sort_keys=True) not in done
-    ]

@@ -1,8 +1,11 @@
-"""The Optuna study behind a run: storage, the budget lock, heartbeats, and trial outcomes.
+"""The Optuna study behind a run: storage, the budget lock, heartbeats, trial outcomes, and
+recovery of trials that stopped without finishing.
 
 A study lives in a journal file in the run folder (one machine, many processes) or in a database
 (many machines). Each finished trial's outcome (state, reason, metrics) is stored on the trial
-itself, so a study in a database can be summarized without the trial folders.
+itself, so a study in a database can be summarized without the trial folders. The study also
+carries what a worker joining from another machine needs (the spec, the data's fingerprint) and
+how far the run is (its rounds, its state, the final best).
 """
 
 from __future__ import annotations
@@ -11,31 +14,52 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import InputError
-from hpsearch.objective import TrialOutcome
+from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
+from hpsearch.outcome import TrialState as OutcomeState
+from hpsearch.runs import RunFolder, read_json, write_json
 from hpsearch.storage import mask_url
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-# Heartbeats with ask-and-tell are deliberate here (see `heartbeat`); Optuna marks the pieces
-# experimental and warns that heartbeats are meant for study.optimize.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 COUNTED = (*FINISHED, TrialState.RUNNING)
-OUTCOME_ATTR = "outcome"
+
+# Attributes of a trial: its outcome, where it runs, which trial it retries, why it was skipped.
+OUTCOME_ATTR, PID_ATTR, HOST_ATTR = "outcome", "worker_pid", "worker_host"
+RETRY_ATTR, REASON_ATTR = "retry_of", "reason"
+# Attributes of the study: what a worker joining from another machine needs, how far it is.
+SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
+STATE_ATTR, FINAL_ATTR = "state", "final"
+
+# Params as Optuna stores them -> the values a spec takes (see space.decode_params).
+Decode = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna without its per-trial log lines, and without the warnings about heartbeats with
+    ask-and-tell (deliberate here, see `heartbeat`); the previous settings come back after."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def heartbeat_seconds() -> int:
@@ -56,6 +80,8 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
         return optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(journal), lock_obj=lock)
         )
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     beat = heartbeat_seconds()
     for attempt in range(5):
         try:
@@ -65,11 +91,12 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
                 grace_period=3 * beat,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
             )
+        except (IntegrityError, ProgrammingError):
+            # Workers starting together race to create Optuna's tables: the losers' CREATE
+            # TABLE meets a table (or type) made a moment ago. They retry.
+            time.sleep(0.2 * (attempt + 1))
+            continue
         except Exception as exc:  # driver missing, server down, bad credentials
-            # Workers starting together race to create Optuna's tables; the losers retry.
-            if "duplicate key" in str(exc) or "already exists" in str(exc):
-                time.sleep(0.2 * (attempt + 1))
-                continue
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             reason = reason.replace(url, mask_url(url))
             raise InputError(f"storage: cannot open {mask_url(url)}: {reason}") from None
@@ -91,8 +118,9 @@ def budget_lock(storage: optuna.storages.BaseStorage, study_name: str, lock_dir:
         with _database_lock(storage, study_name):
             yield
         return
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with (lock_dir / ".ask.lock").open("a") as handle:
+    run = RunFolder(lock_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    with run.ask_lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -128,7 +156,7 @@ def replaced_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
         # experimental-API warning it raises on every call (thousands per trial in a big study)
         retried = trial.system_attrs.get("failed_trial")
         if retried is None:
-            retried = trial.user_attrs.get("retry_of")
+            retried = trial.user_attrs.get(RETRY_ATTR)
         if retried is not None:
             numbers.add(int(retried))
     return numbers
@@ -176,43 +204,54 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome
     """Finish a trial in the study, keeping its outcome on it for reports from the database."""
     # one storage write per attribute: the reason travels inside the outcome
     trial.set_user_attr(OUTCOME_ATTR, outcome.to_json())
-    if outcome.state == "complete" and outcome.value is not None:
+    if outcome.state == OutcomeState.COMPLETE and outcome.value is not None:
         study.tell(trial, outcome.value)
-    elif outcome.state == "pruned":
+    elif outcome.state == OutcomeState.PRUNED:
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)
 
 
-def failure_reason(trial: optuna.trial.FrozenTrial) -> str | None:
-    """A finished trial's reason (diverged, interrupted, skipped, ...), wherever it was kept."""
+def skip_trial(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Panda --interactive replaced this proposal: fail it without a folder; it is not counted
+    in the summary (Optuna cannot change a trial's params, so the edit is queued anew)."""
+    trial.set_user_attr(REASON_ATTR, Reason.SKIPPED.value)
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def mark_worker(trial: optuna.Trial) -> None:
+    """Record which process trains `trial`, so its death can be noticed (see fail_running)."""
+    trial.set_user_attr(PID_ATTR, os.getpid())
+    trial.set_user_attr(HOST_ATTR, platform.node())
+
+
+def failure_reason(trial: FrozenTrial) -> Reason | None:
+    """The kind of a finished trial's reason (diverged, interrupted, skipped, ...)."""
     stored = trial.user_attrs.get(OUTCOME_ATTR)
     if stored is not None:
-        return stored.get("reason")
-    return trial.user_attrs.get("reason")
+        return Reason.of(stored.get("reason"))
+    return Reason.of(trial.user_attrs.get(REASON_ATTR))
 
 
-def outcome_of(trial: optuna.trial.FrozenTrial, decode) -> TrialOutcome | None:
-    """A finished trial's outcome as stored on it; None while it is waiting or running."""
+def outcome_of(trial: FrozenTrial, decode: Decode) -> TrialOutcome | None:
+    """A finished trial's outcome as stored on it; None while it is waiting or running, and for
+    a skipped proposal."""
     if trial.state not in FINISHED:
         return None
     stored = trial.user_attrs.get(OUTCOME_ATTR)
     if stored is not None:
-        return TrialOutcome(**stored)
-    reason = trial.user_attrs.get("reason")
-    if reason == "skipped":
+        return TrialOutcome.from_json(stored)
+    reason = trial.user_attrs.get(REASON_ATTR)
+    if Reason.of(reason) == Reason.SKIPPED:
         return None
     # Failed without a word from its worker: killed, or its heartbeat was lost.
-    return TrialOutcome(
-        number=trial.number,
-        state="failed",
-        reason=reason or "interrupted",
-        params=decode(trial.params),
-        seed=0,
-    )
+    outcome = interrupted_outcome(trial.number, decode(trial.params))
+    if reason is not None:
+        outcome.reason = reason
+    return outcome
 
 
-def study_outcomes(study: optuna.Study, decode) -> list[TrialOutcome]:
+def study_outcomes(study: optuna.Study, decode: Decode) -> list[TrialOutcome]:
     outcomes = (outcome_of(t, decode) for t in study.get_trials(deepcopy=False))
     return [o for o in outcomes if o is not None]
 
@@ -232,11 +271,6 @@ def load_existing_study(
         summaries = optuna.get_all_study_summaries(storage)
         names = ", ".join(s.study_name for s in summaries) or "none"
         raise InputError(f"--study: no study '{name}' in this storage (studies: {names})")
-
-
-def set_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
 
 
 def repair_journal(path: Path) -> str | None:
@@ -269,3 +303,87 @@ def repair_journal(path: Path) -> str | None:
                 f"the original is kept as {torn.name}"
             )
     return None
+
+
+# --- rounds -----------------------------------------------------------------------------------
+
+
+def load_rounds(study: optuna.Study) -> list[dict[str, Any]]:
+    """The rounds the planner recorded: index, first trial count, target and space of each."""
+    return list(study.user_attrs.get(ROUNDS_ATTR, []))
+
+
+def save_rounds(study: optuna.Study, run: RunFolder, rounds: list[dict[str, Any]]) -> None:
+    study.set_user_attr(ROUNDS_ATTR, rounds)
+    write_json(run.rounds, rounds)
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def record_interrupted(run: RunFolder, number: int, params: dict[str, Any]) -> TrialOutcome:
+    """A trial cut short (Ctrl-C, a dead worker): failed, reason interrupted. Its result.json
+    says so too when its folder exists (what it had recorded is kept)."""
+    folder = run.trial(number)
+    if folder.result.exists():
+        outcome = TrialOutcome.from_json(read_json(folder.result)).interrupted()
+    else:
+        outcome = interrupted_outcome(number, params)
+    if folder.root.exists():
+        write_json(folder.result, outcome.to_json())
+    return outcome
+
+
+def fail_interrupted(
+    study: optuna.Study, trial: FrozenTrial, run: RunFolder, decode: Decode
+) -> None:
+    """Fail a RUNNING trial whose worker is gone, as interrupted."""
+    outcome = record_interrupted(run, trial.number, decode(trial.params))
+    live = optuna.trial.Trial(study, trial._trial_id)  # noqa: SLF001 - a running trial by id
+    live.set_user_attr(OUTCOME_ATTR, outcome.to_json())
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _on_this_host(trial: FrozenTrial, pid: int | None) -> bool:
+    same_host = trial.user_attrs.get(HOST_ATTR, platform.node()) == platform.node()
+    return same_host and (pid is None or trial.user_attrs.get(PID_ATTR) == pid)
+
+
+def fail_running(
+    study: optuna.Study, run: RunFolder, decode: Decode, pid: int | None = None
+) -> None:
+    """Fail the trials this machine's workers left RUNNING (only worker `pid`'s, if given):
+    they died, or the run is stopping."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _on_this_host(trial, pid):
+            fail_interrupted(study, trial, run, decode)
+
+
+def retry_interrupted(study: optuna.Study) -> None:
+    """Trials cut short run again (once each) instead of using up the budget."""
+    trials = study.get_trials(deepcopy=False)
+    replaced = replaced_numbers(trials)
+    for trial in trials:
+        if (
+            trial.state == TrialState.FAIL
+            and failure_reason(trial) == Reason.INTERRUPTED
+            and RETRY_ATTR not in trial.user_attrs
+            and trial.number not in replaced
+        ):
+            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+
+
+def recover(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, run: RunFolder, decode: Decode
+) -> None:
+    """Resume: trials left RUNNING by dead processes are failed as interrupted, and every
+    interrupted trial is retried once.
+
+    In a database, only trials whose heartbeat stopped count as dead (others may be training
+    on another machine right now); in a journal, no process of the run is alive any more."""
+    if is_database(storage):
+        fail_stale(study, storage)
+    else:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_interrupted(study, trial, run, decode)
+    retry_interrupted(study)

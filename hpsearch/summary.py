@@ -1,21 +1,33 @@
-"""The JSON summary of a run (DESIGN.md, "JSON summary"), built from trial outcomes."""
+"""The JSON summary of a run (DESIGN.md, "JSON summary"), built from trial outcomes; the status
+line of a running search; and the live summary that follows a study while it runs."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from hpsearch.objective import TrialOutcome
-from hpsearch.runs import RunFolder
+import optuna
+
+from hpsearch.data import Dataset
+from hpsearch.diagnosis import diagnose
+from hpsearch.objective import FinalEvaluation
+from hpsearch.outcome import RunState, TrialOutcome, TrialState
+from hpsearch.runs import RunFolder, write_json
+from hpsearch.space import apply_params
 from hpsearch.spec import Spec
 from hpsearch.storage import mask_url
+from hpsearch.study import Decode, outcome_of
 
-STATES = ("complete", "pruned", "failed")
+STATES = tuple(TrialState)
+SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json
 
 
 def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | None:
     """The complete trial with the best objective value (ties: the earliest)."""
-    scored = [o for o in outcomes if o.state == "complete" and o.value is not None]
+    scored = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
     if not scored:
         return None
     sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
@@ -25,7 +37,7 @@ def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | Non
 def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
     return {
         "number": outcome.number,
-        "state": outcome.state,
+        "state": outcome.state.value,
         "reason": outcome.reason,
         "params": outcome.params,
         "value": outcome.value,
@@ -37,11 +49,45 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
     }
 
 
+def diagnosis_for(
+    spec: Spec, data: Dataset, best: TrialOutcome, final: FinalEvaluation
+) -> dict[str, Any]:
+    """The bias/variance reading of the best trial, with remedies specific to its settings."""
+    trial_spec = apply_params(spec, best.params)
+    context = {
+        "hidden": trial_spec.model.widths,
+        "epochs": trial_spec.train.epochs,
+        "stopped_epoch": best.epochs_run,
+        "early_stopping": trial_spec.train.early_stopping is not None,
+        "dropout": trial_spec.model.dropout,
+        "l2": trial_spec.train.l2,
+        "optimizer": trial_spec.train.optimizer,
+        "lr": trial_spec.train.lr,
+        "init": trial_spec.model.init,
+        "train_size": len(data.splits["train"]),
+    }
+    return diagnose(
+        best.metrics["train_error"],
+        best.metrics["dev_error"],
+        test_error=final.test.get("test_error"),
+        human_level_error=spec.human_level_error,
+        bayes_error=spec.bayes_error,
+        groups=final.groups,
+        context=context,
+    ).to_dict()
+
+
+def _storage_label(spec: Spec, run: RunFolder) -> str | None:
+    if spec.storage:
+        return mask_url(spec.storage)
+    return run.study_log.name if spec.search else None
+
+
 def build_summary(
     run: RunFolder,
     spec: Spec,
     outcomes: list[TrialOutcome],
-    state: str,
+    state: RunState | str,
     test_metrics: dict[str, float] | None = None,
     diagnosis: dict[str, Any] | None = None,
     wall_seconds: float | None = None,
@@ -58,22 +104,172 @@ def build_summary(
             "metrics": {**best.metrics, **(test_metrics or {})},
         }
     search = spec.search
+    failed = (o for o in outcomes if o.state == TrialState.FAILED)
     return {
         "run": str(run.root),
         "name": spec.name,
         "study": (study or run.name) if search else None,
-        "storage": mask_url(spec.storage) if spec.storage else ("study.log" if search else None),
-        "state": state,
+        "storage": _storage_label(spec, run),
+        "state": str(state),
         "strategy": search.strategy if search else None,
         "mode": search.mode if search else None,
         "objective": {
             "metric": spec.objective.metric,
             "direction": spec.objective.resolved_direction,
         },
-        "counts": {s: counts.get(s, 0) for s in STATES},
-        "failure_reasons": dict(Counter(o.reason for o in outcomes if o.state == "failed")),
+        "counts": {s.value: counts.get(s, 0) for s in STATES},
+        "failure_reasons": dict(Counter(str(o.reason) for o in failed)),
         "wall_seconds": round(wall_seconds, 3) if wall_seconds is not None else None,
         "best": best_entry,
         "diagnosis": diagnosis,
         "trials": [trial_entry(o) for o in sorted(outcomes, key=lambda o: o.number)],
     }
+
+
+def write_summary(
+    run: RunFolder,
+    spec: Spec,
+    outcomes: list[TrialOutcome],
+    state: RunState | str,
+    started: float,
+    study: str | None = None,
+    final: FinalEvaluation | None = None,
+    data: Dataset | None = None,
+) -> dict[str, Any]:
+    """Rewrite summary.json. With the best trial's `final` evaluation (and the `data` it was
+    scored on), the summary carries its test metrics and the diagnosis."""
+    best = best_outcome(spec, outcomes)
+    test_metrics, diagnosis = None, None
+    if best is not None and final is not None and data is not None:
+        test_metrics = final.test
+        diagnosis = diagnosis_for(spec, data, best, final)
+    summary = build_summary(
+        run, spec, outcomes, state, test_metrics, diagnosis, time.perf_counter() - started, study
+    )
+    write_json(run.summary, summary)
+    return summary
+
+
+# --- a running search -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchStatus:
+    """Where a search stands after a trial finished."""
+
+    done: int
+    total: int | None
+    counts: dict[str, int]
+    best_value: float | None
+    best_trial: int | None
+    metric: str
+    elapsed: float
+
+    @property
+    def eta(self) -> float | None:
+        if not self.total or not self.done or self.done >= self.total:
+            return None
+        return self.elapsed / self.done * (self.total - self.done)
+
+    def text(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n)
+        parts = [f"[{self.done}/{self.total or '?'}] {counts}"]
+        if self.best_value is not None:
+            parts.append(f"best {self.metric} {self.best_value:.4g} (trial {self.best_trial})")
+        parts.append(f"elapsed {_clock(self.elapsed)}")
+        if self.eta is not None:
+            parts.append(f"eta {_clock(self.eta)}")
+        return "  ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def search_status(
+    spec: Spec, outcomes: list[TrialOutcome], total: int | None, elapsed: float
+) -> SearchStatus:
+    best = best_outcome(spec, outcomes)
+    return SearchStatus(
+        done=len(outcomes),
+        total=total,
+        counts={s.value: sum(o.state == s for o in outcomes) for s in STATES},
+        best_value=best.value if best else None,
+        best_trial=best.number if best else None,
+        metric=spec.objective.metric,
+        elapsed=elapsed,
+    )
+
+
+# Told of each newly finished trial; the last of a batch also gets the search's status.
+OnFinished = Callable[[TrialOutcome, "SearchStatus | None"], None]
+
+
+class LiveSummary:
+    """Follows a running study: shows trials that finished since the last look and rewrites
+    summary.json.
+
+    Only new trials are decoded, and the running summary is rewritten at most once a second
+    (the final one always), so a trial's bookkeeping does not grow with the study.
+    """
+
+    def __init__(
+        self,
+        run: RunFolder,
+        spec: Spec,
+        study: optuna.Study,
+        decode: Decode,
+        on_finished: OnFinished,
+        total: Callable[[], int | None],
+        study_name: str,
+    ):
+        self.run, self.spec, self.study, self.decode = run, spec, study, decode
+        self.on_finished = on_finished
+        self.total = total
+        self.study_name = study_name
+        self.started = time.perf_counter()
+        self.known = self.outcomes()  # finished trials reported so far
+        self.reported = {o.number for o in self.known}
+        self.written = 0.0  # perf_counter() of the last running summary
+
+    def outcomes(self) -> list[TrialOutcome]:
+        trials = self.study.get_trials(deepcopy=False)
+        return [o for o in (outcome_of(t, self.decode) for t in trials) if o is not None]
+
+    def refresh(self) -> None:
+        fresh = []
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.number not in self.reported:
+                outcome = outcome_of(trial, self.decode)
+                if outcome is not None:
+                    fresh.append(outcome)
+        if not fresh:
+            return
+        fresh.sort(key=lambda o: o.number)
+        self.known.extend(fresh)
+        for outcome in fresh:
+            self.reported.add(outcome.number)
+            last = outcome is fresh[-1]
+            self.on_finished(outcome, self.status() if last else None)
+        if time.perf_counter() - self.written >= SUMMARY_INTERVAL:
+            write_summary(
+                self.run, self.spec, self.known, RunState.RUNNING, self.started, self.study_name
+            )
+            self.written = time.perf_counter()
+
+    def status(self) -> SearchStatus:
+        elapsed = time.perf_counter() - self.started
+        return search_status(self.spec, self.known, self.total(), elapsed)
+
+    def write(
+        self,
+        state: RunState,
+        final: FinalEvaluation | None = None,
+        data: Dataset | None = None,
+    ) -> dict[str, Any]:
+        """The summary from every trial in the study now (the end of a run, or a stop)."""
+        return write_summary(
+            self.run, self.spec, self.outcomes(), state, self.started, self.study_name, final, data
+        )

@@ -101,3 +101,30 @@ def test_grid_with_refine_stays_within_its_budget():
         refine={"rounds": 2, "keep": 0.25},
     )
     assert 20 < len(result.trials) <= 60  # refine rounds skip points already run
+
+
+def test_options_of_run_are_refused_by_name():
+    for options in ({"workers": 8}, {"pruner": "asha", "timeout": "1s"}, {"stack": 4}):
+        with pytest.raises(TypeError, match="minimize\\(\\) does not take .*one objective at a"):
+            hpsearch.minimize(lambda p: 0.0, SPACE, **options)
+    with pytest.raises(TypeError, match="does not take nonsense: it is not an option"):
+        hpsearch.minimize(lambda p: 0.0, SPACE, nonsense=1)
+
+
+def test_a_grid_without_a_budget_runs_every_point():
+    result = hpsearch.minimize(grid_objective, GRID_SPACE, strategy="grid")
+    assert len(result.trials) == 6 * 3
+
+
+def test_importing_and_calling_leave_optuna_logging_alone():
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, optuna; optuna.logging.set_verbosity(logging.DEBUG); "
+        "import hpsearch.api, hpsearch.engine, hpsearch.study; "
+        "assert optuna.logging.get_verbosity() == logging.DEBUG, 'changed on import'; "
+        "hpsearch.minimize(lambda p: p['x'], {'x': {'low': 0.0, 'high': 1.0}}, trials=3); "
+        "assert optuna.logging.get_verbosity() == logging.DEBUG, 'changed by a call'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

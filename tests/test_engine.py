@@ -12,9 +12,10 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.engine import RunOptions, check_resume_compatible, run_spec
+from hpsearch.engine import RunOptions, run_spec
 from hpsearch.errors import InputError
 from hpsearch.runs import read_json
+from hpsearch.spec import check_resume_compatible
 from tests.conftest import make_spec, write_mixed_groups
 
 
@@ -371,19 +372,6 @@ def test_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path):
     summary = read_json(run / "summary.json")
     assert summary["failure_reasons"].get("interrupted", 0) >= 1
     assert summary["counts"]["complete"] >= 1
-
-
-def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
-    import torch
-
-    from hpsearch.engine import pinned_gpu
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert pinned_gpu(torch.device("cuda"), 5) == 1
-    assert pinned_gpu(torch.device("cuda:2"), 5) is None
-    assert pinned_gpu(torch.device("cpu"), 5) is None
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert pinned_gpu(torch.device("cuda"), 5) is None
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")

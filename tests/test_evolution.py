@@ -3,6 +3,7 @@ import math
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.testing.pytest_samplers import BasicSamplerTestCase
 from optuna.trial import create_trial
 
 import hpsearch
@@ -144,3 +145,12 @@ def test_same_seed_same_proposals_other_seed_others():
 
     assert run(4) == run(4)
     assert run(4) != run(5)
+
+
+class TestOptunaSamplerContract(BasicSamplerTestCase):
+    """Optuna's own test suite for samplers (float, int, categorical, conditional and dynamic
+    spaces, NaN objectives, fixed params), run against the aging-evolution sampler."""
+
+    @pytest.fixture
+    def sampler(self):
+        return lambda: EvolutionSampler(population=4, seed=0)

@@ -4,12 +4,12 @@ import optuna
 import pytest
 
 from hpsearch.errors import InputError
+from hpsearch.rounds import split_budget
 from hpsearch.space import parse_space, suggest
 from hpsearch.strategies import (
     best_fraction,
     check_strategy,
     make_sampler,
-    round_budgets,
     tighten,
 )
 from tests.conftest import make_spec
@@ -65,9 +65,9 @@ def test_guided_strategies_beat_their_start(strategy):
     assert min(values[60:]) <= min(values[:20])
 
 
-def test_round_budgets():
-    assert round_budgets(10, 3) == [4, 3, 3]
-    assert sum(round_budgets(41, 4)) == 41
+def test_split_budget():
+    assert split_budget(10, 3) == [4, 3, 3]
+    assert sum(split_budget(41, 4)) == 41
 
 
 def test_best_fraction():
@@ -112,7 +112,7 @@ def test_refine_only_for_grid_and_random():
 
 
 def test_spread_keeps_the_budget_and_spans_the_grid():
-    from hpsearch.strategies import spread
+    from hpsearch.rounds import spread
 
     points = [{"i": i} for i in range(100)]
     chosen = spread(points, 10)

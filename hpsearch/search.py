@@ -1,0 +1,242 @@
+"""One search over a study: the round loop of `hpsearch run` and `hpsearch worker`.
+
+The planner (the process that created the study) plans each round with `rounds.plan_round`,
+queues its points and records it in the study; workers (`hpsearch.workers`) train it, here or
+in spawned processes; the live summary follows the study meanwhile; the end is scored and
+summarized once. Joiners work through the rounds the planner recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.data import Dataset
+from hpsearch.objective import score_best
+from hpsearch.outcome import RunState
+from hpsearch.progress import ProgressSink, Reviewer
+from hpsearch.rounds import plan_round, round_budgets, round_count, sampler_seed, total_budget
+from hpsearch.runs import RunFolder
+from hpsearch.space import decode_params, parse_space, to_optuna_params
+from hpsearch.spec import Spec, parse_duration
+from hpsearch.strategies import describe_space, make_pruner, make_sampler, space_from_description
+from hpsearch.study import (
+    FINAL_ATTR,
+    STATE_ATTR,
+    budget_used,
+    fail_running,
+    fail_stale,
+    is_database,
+    load_rounds,
+    open_storage,
+    save_rounds,
+)
+from hpsearch.summary import LiveSummary, best_outcome
+from hpsearch.train import resolve_device
+from hpsearch.workers import (
+    WorkerTask,
+    cores,
+    pinned_gpu,
+    run_processes,
+    stack_for,
+    trial_loop,
+    worker_count,
+)
+
+
+class Search:
+    """One search over a study: rounds of trials until the budget or time runs out.
+
+    The process that created the study plans the rounds (`execute`); processes that join it
+    (`hpsearch worker`, or a second `run` naming the same study) work through the rounds the
+    planner records in the study (`join`).
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        data: Dataset,
+        run: RunFolder,
+        progress: ProgressSink,
+        study_name: str,
+        reviewer: Reviewer | None = None,
+        workers: int | None = None,
+        planner: bool = False,
+    ):
+        assert spec.search is not None
+        self.spec, self.search, self.data, self.run = spec, spec.search, data, run
+        self.progress, self.reviewer, self.planner = progress, reviewer, planner
+        self.study_name = study_name
+        self.params = parse_space(spec)
+        self.device = resolve_device(spec.device)
+        self.workers = workers or worker_count(self.search, self.device)
+        timeout = self.search.timeout
+        self.deadline = time.time() + parse_duration(timeout) if timeout else None
+        self.storage = open_storage(spec.storage, run.study_log)
+        self.study = optuna.create_study(
+            storage=self.storage,
+            sampler=make_sampler(self.search, spec.seed),
+            pruner=make_pruner(self.search),
+            study_name=study_name,
+            direction=spec.objective.resolved_direction,
+            load_if_exists=True,
+        )
+        self.live = LiveSummary(
+            run, spec, self.study, self.decode, progress.trial_finished, self.total, study_name
+        )
+
+    def decode(self, params: dict[str, Any]) -> dict[str, Any]:
+        return decode_params(self.params, params)
+
+    def total(self) -> int | None:
+        rounds = load_rounds(self.study)
+        return total_budget(self.search, rounds[-1]["target"] if rounds else None)
+
+    def out_of_time(self) -> bool:
+        return self.run.stop_requested() or bool(self.deadline and time.time() >= self.deadline)
+
+    def execute(self) -> RunState:
+        """Plan and run every round."""
+        for index in range(round_count(self.search)):
+            target = self.plan(index)
+            while True:
+                self.run_round(target, index)
+                self.wait_for_running()
+                # a trial whose worker died while we waited is queued again: run it too
+                if self.out_of_time() or budget_used(self.study) >= target:
+                    break
+            if self.out_of_time():
+                break
+        return RunState.FINISHED
+
+    def plan(self, index: int) -> int:
+        """Round `index`'s cumulative trial target. A round planned before a resume is read
+        back (following a raised `--trials`); a new one is planned, queued and recorded."""
+        rounds = load_rounds(self.study)
+        budgets = round_budgets(self.search)
+        if index < len(rounds):
+            record = rounds[index]
+            if self.search.strategy != "grid" and "start" in record:
+                target = record["start"] + budgets[index]
+                if target != record["target"]:
+                    rounds[index] = {**record, "target": target}
+                    save_rounds(self.study, self.run, rounds)
+            return rounds[index]["target"]
+        trials = self.study.get_trials(deepcopy=False)
+        planned = plan_round(
+            self.search,
+            self.params,
+            index,
+            previous=space_from_description(self.params, rounds[-1]["space"]) if rounds else None,
+            finished=[
+                (self.decode(t.params), t.value)
+                for t in trials
+                if t.state == TrialState.COMPLETE and t.value is not None
+            ],
+            tried=[self.decode(t.params) for t in trials],
+            budget=budgets[index],
+            seed=self.spec.seed,
+            maximize=self.spec.objective.resolved_direction == "maximize",
+            spec=self.spec,
+        )
+        start = budget_used(self.study)
+        for point in planned.points or []:
+            self.study.enqueue_trial(to_optuna_params(self.params, point))
+        target = start + planned.count
+        record = {"round": index, "start": start, "target": target}
+        record["space"] = describe_space(planned.space)
+        save_rounds(self.study, self.run, [*rounds, record])
+        return target
+
+    def join(self, patience: float = 60.0) -> RunState:
+        """Work on the rounds another process plans, until it says the study is finished."""
+        done: set[int] = set()
+        idle_since = time.time()
+        while not self.out_of_time():
+            fresh = [r for r in load_rounds(self.study) if r["round"] not in done]
+            for record in fresh:
+                self.run_round(record["target"], record["round"])
+                done.add(record["round"])
+                idle_since = time.time()
+            if self.study.user_attrs.get(STATE_ATTR) in (RunState.FINISHED, RunState.INTERRUPTED):
+                break
+            if not fresh and time.time() - idle_since > patience:
+                break  # the planner is gone or slow; the trials stay in the study
+            time.sleep(1.0)
+        return RunState.FINISHED
+
+    def run_round(self, target: int, index: int) -> None:
+        """Train the round up to `target`: here (panda, one worker) or in worker processes."""
+        if self.search.mode == "panda" or self.workers == 1:
+            task = self.task(target, 0, index)
+            trial_loop(task, self.progress, lambda _: self.live.refresh())
+            return
+        tasks = [self.task(target, w, index) for w in range(self.workers)]
+        run_processes(tasks, self.live.refresh, self.fail_trials_of)
+
+    def task(self, target: int, worker: int, index: int) -> WorkerTask:
+        caviar = self.search.mode == "caviar"
+        database = is_database(self.storage)
+        identity = 0
+        if database:  # processes on other machines sample from streams of their own
+            identity = int.from_bytes(f"{platform.node()}:{os.getpid()}".encode()[-8:], "big")
+        seed = sampler_seed(
+            self.spec.seed, index, worker, len(self.study.get_trials(deepcopy=False)), identity
+        )
+        room = target - budget_used(self.study)
+        return WorkerTask(
+            self.spec,
+            self.data,
+            self.run.root,
+            self.study_name,
+            self.params,
+            target,
+            seed,
+            threads=max(1, cores() // self.workers) if caviar else None,
+            deadline=self.deadline,
+            review=self.reviewer if self.search.mode == "panda" else None,
+            gpu=pinned_gpu(self.device, worker),
+            stack=stack_for(self.search, room, self.workers, database),
+        )
+
+    def fail_trials_of(self, pid: int) -> None:
+        """A worker died mid-trial: its trial is failed now, not left RUNNING."""
+        fail_running(self.study, self.run, self.decode, pid)
+
+    def wait_for_running(self) -> None:
+        """Trials still running elsewhere finish (or lose their heartbeat) before we go on."""
+        while self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_stale(self.study, self.storage)
+            if not is_database(self.storage):
+                # one machine: our workers have all exited
+                fail_running(self.study, self.run, self.decode)
+                return
+            self.live.refresh()
+            time.sleep(1.0)
+
+    def stop(self) -> dict[str, Any]:
+        """Ctrl-C: no new trial or round starts, what runs is failed as interrupted, the
+        summary keeps what finished. A second Ctrl-C ends the process at once."""
+        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        self.run.request_stop()
+        fail_running(self.study, self.run, self.decode)
+        return self.finish(RunState.INTERRUPTED)
+
+    def finish(self, state: RunState) -> dict[str, Any]:
+        """The summary, with the best trial scored on test when the search finished; the
+        planner also records the end (and the best) in the study."""
+        final = None
+        best = best_outcome(self.spec, self.live.outcomes())
+        if state == RunState.FINISHED and best is not None:
+            final = score_best(self.spec, self.data, self.run, best)
+        summary = self.live.write(state, final, self.data)
+        if self.planner:
+            self.study.set_user_attr(FINAL_ATTR, {k: summary[k] for k in ("best", "diagnosis")})
+            self.study.set_user_attr(STATE_ATTR, state.value)
+        return summary

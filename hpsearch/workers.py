@@ -1,0 +1,276 @@
+"""Workers: the trial loop (ask, train, tell) and the processes that run it.
+
+A worker asks the study for trials until its round's target is reached, trains each group of
+same-shape trials as one stack, and tells every outcome. Caviar runs one worker per spawned
+process, panda and `workers: 1` run one in the planner's own process. Workers know nothing of
+the engine: the planner hands them callbacks (progress, the live summary).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hpsearch.data import Dataset
+from hpsearch.objective import run_stack
+from hpsearch.outcome import TrialOutcome
+from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.rounds import Proposal
+from hpsearch.runs import RunFolder
+from hpsearch.space import Param, apply_params, suggest, to_optuna_params
+from hpsearch.spec import SearchSpec, Spec
+from hpsearch.stacked import shape_key, stack_size
+from hpsearch.strategies import make_pruner, make_sampler
+from hpsearch.study import (
+    budget_lock,
+    budget_used,
+    fail_stale,
+    heartbeat,
+    mark_worker,
+    open_storage,
+    quiet_optuna,
+    record_interrupted,
+    skip_trial,
+    tell_outcome,
+)
+
+STOP_GRACE = 5.0  # seconds workers get to record their trials as interrupted on Ctrl-C
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """Everything one worker needs (pickled to its process)."""
+
+    spec: Spec
+    data: Dataset
+    run_root: Path
+    study_name: str
+    params: list[Param]  # always the full space: refine rounds queue their points
+    target: int  # stop once this many trials count against the budget
+    seed: int  # of this worker's sampler (rounds.sampler_seed)
+    threads: int | None = None
+    deadline: float | None = None  # time.time() after which no new trial starts
+    review: Reviewer | None = None  # panda --interactive: shown each proposal first
+    gpu: int | None = None  # caviar on several GPUs: the one this worker is pinned to
+    stack: int = 1  # trials asked for at once and trained together when their shapes match
+
+
+# --- how many, where, how large ---------------------------------------------------------------
+
+
+def cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def worker_count(search: SearchSpec, device: torch.device) -> int:
+    if search.mode == "panda":
+        return 1
+    if search.workers != "auto":
+        return int(search.workers)
+    if device.type == "cuda":
+        return max(1, torch.cuda.device_count())
+    return cores()
+
+
+def pinned_gpu(device: torch.device, worker: int) -> int | None:
+    """`device: cuda` (no index) on a machine with several GPUs: worker i gets GPU i mod n."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return None
+    return worker % torch.cuda.device_count()
+
+
+def stack_for(search: SearchSpec, room: int, workers: int, database: bool) -> int:
+    """The spec's stack size, but never so large that one worker takes another's share of the
+    `room` left in a round (12 trials on 2 workers: stacks of 6). Machines we cannot see may
+    join a database study at any time, so there a worker takes at most a quarter of its share."""
+    sharers = workers * (4 if database else 1)
+    share = math.ceil(max(1, room) / sharers)
+    return max(1, min(stack_size(search), share))
+
+
+# --- the trial loop ---------------------------------------------------------------------------
+
+
+class EpochReporter:
+    """Each epoch of a group's trials goes to the live progress and, when the search prunes,
+    to that trial's pruner; True means the pruner stops the trial."""
+
+    def __init__(self, group: list[Proposal], spec: Spec, progress: ProgressSink):
+        self.trials = {trial.number: trial for trial, _ in group}
+        self.metric = spec.objective.metric
+        self.prune = spec.search is not None and spec.search.pruner != "none"
+        self.progress = progress
+
+    def __call__(self, number: int, record: dict[str, Any]) -> bool:
+        self.progress.epoch(number, record)
+        if not self.prune or self.metric not in record or "event" in record:
+            return False
+        trial = self.trials[number]
+        trial.report(record[self.metric], record["epoch"])
+        return trial.should_prune()
+
+
+def shape_groups(spec: Spec, proposals: list[Proposal]) -> list[list[Proposal]]:
+    """Proposals split into groups that can train as one stack (first-seen order)."""
+    groups: dict[tuple, list[Proposal]] = {}
+    for trial, values in proposals:
+        groups.setdefault(shape_key(apply_params(spec, values)), []).append((trial, values))
+    return list(groups.values())
+
+
+def train_group(
+    task: WorkerTask,
+    run: RunFolder,
+    storage: optuna.storages.BaseStorage,
+    group: list[Proposal],
+    progress: ProgressSink,
+) -> list[tuple[optuna.Trial, TrialOutcome]]:
+    """Train one group of same-shape trials (a stack, or a single trial)."""
+    spec = task.spec
+    for trial, values in group:
+        progress.trial_started(trial.number, values, apply_params(spec, values).train.epochs)
+    rescue = spec.search.mode == "panda" and spec.search.panda.rescue
+    proposals = [(trial.number, values) for trial, values in group]
+    reporter = EpochReporter(group, spec, progress)
+    with heartbeat(storage, [trial for trial, _ in group]):
+        outcomes = run_stack(spec, task.data, run, proposals, reporter, rescue=rescue)
+    return [(trial, outcome) for (trial, _), outcome in zip(group, outcomes, strict=True)]
+
+
+def trial_loop(
+    task: WorkerTask,
+    progress: ProgressSink,
+    on_finished: Callable[[TrialOutcome], None] | None = None,
+) -> None:
+    """Ask for trials until the round's target is reached; train and tell each one.
+
+    With stacking, a worker asks for several trials at once and trains those of one shape
+    together; each is told to the study on its own. With a reviewer (panda --interactive),
+    each proposal is shown first: an edited one is queued as the next trial, the original
+    skipped (not counted), and a stop ends the run's rounds too.
+    """
+    run = RunFolder(task.run_root)
+    storage = open_storage(task.spec.storage, run.study_log)
+    study = optuna.load_study(
+        study_name=task.study_name,
+        storage=storage,
+        sampler=make_sampler(task.spec.search, task.seed),
+        pruner=make_pruner(task.spec.search),
+    )
+    target = task.target
+    while True:
+        if run.stop_requested() or (task.deadline and time.time() >= task.deadline):
+            return
+        with budget_lock(storage, task.study_name, run.root):
+            fail_stale(study, storage)
+            room = target - budget_used(study)
+            if room <= 0:
+                return
+            trials = [study.ask() for _ in range(min(task.stack, room))]
+        proposals = []
+        for trial in trials:
+            mark_worker(trial)
+            proposals.append((trial, suggest(trial, task.params, task.spec)))
+        if task.review is not None:  # panda: one trial at a time
+            trial, values = proposals[0]
+            reviewed = task.review(trial.number, values)
+            if reviewed != values:
+                skip_trial(study, trial)
+                if reviewed is None:
+                    run.request_stop()
+                    return
+                study.enqueue_trial(to_optuna_params(task.params, reviewed))
+                target += 1  # the skipped proposal does not count; its edit does
+                continue
+        told: set[int] = set()
+        try:
+            for group in shape_groups(task.spec, proposals):
+                for trial, outcome in train_group(task, run, storage, group, progress):
+                    tell_outcome(study, trial, outcome)
+                    told.add(trial.number)
+                    if on_finished is not None:
+                        on_finished(outcome)
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for trial, values in proposals:
+                if trial.number not in told:
+                    tell_outcome(study, trial, record_interrupted(run, trial.number, values))
+            raise
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _worker_main(task: WorkerTask) -> None:
+    """Entry point of a caviar worker process."""
+    if task.gpu is not None:
+        # Pin before CUDA starts (torch initializes it lazily): this worker sees one GPU.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(task.gpu)
+        task = replace(task, spec=task.spec.model_copy(update={"device": "cuda"}))
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    try:
+        with quiet_optuna():
+            trial_loop(task, SilentProgress())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def run_processes(
+    tasks: list[WorkerTask],
+    on_tick: Callable[[], None],
+    on_dead: Callable[[int], None],
+    poll: float = 0.25,
+) -> None:
+    """One spawned process per task, watched until all exit: `on_tick` every `poll` seconds
+    (report finished trials), `on_dead(pid)` once for a worker that died. On Ctrl-C the
+    workers get STOP_GRACE seconds to record their trials as interrupted, then are killed."""
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(task,), name=f"hpsearch-worker-{w}")
+        for w, task in enumerate(tasks)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        noted: set[int] = set()
+        while True:
+            alive = [p for p in processes if p.is_alive()]
+            on_tick()
+            for process in processes:
+                if process.exitcode not in (None, 0) and process.pid not in noted:
+                    noted.add(process.pid)
+                    on_dead(process.pid)
+            if not alive:
+                on_tick()
+                return
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        stop_processes(processes)
+        raise
+
+
+def stop_processes(processes: list) -> None:
+    """Ctrl-C: let workers mark their trials interrupted (STOP_GRACE), then end them."""
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.time() + STOP_GRACE
+    for process in processes:
+        process.join(max(0.0, deadline - time.time()))
+        if process.is_alive():
+            process.kill()
+            process.join()

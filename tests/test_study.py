@@ -1,0 +1,257 @@
+"""The study layer alone, on a journal file in tmp_path: the budget lock, journal repair,
+outcomes stored on trials, retries and recovery. No training."""
+
+import json
+import logging
+import os
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.errors import InputError
+from hpsearch.outcome import Reason, TrialOutcome
+from hpsearch.runs import RunFolder, read_json, write_json
+from hpsearch.study import (
+    OUTCOME_ATTR,
+    budget_lock,
+    budget_used,
+    fail_running,
+    failure_reason,
+    load_rounds,
+    mark_worker,
+    open_storage,
+    outcome_of,
+    quiet_optuna,
+    record_interrupted,
+    recover,
+    repair_journal,
+    replaced_numbers,
+    retry_interrupted,
+    save_rounds,
+    skip_trial,
+    study_outcomes,
+    tell_outcome,
+)
+
+
+def identity(params):
+    return dict(params)
+
+
+@pytest.fixture
+def run(tmp_path) -> RunFolder:
+    return RunFolder(tmp_path / "run")
+
+
+@pytest.fixture
+def study(run):
+    run.root.mkdir()
+    storage = open_storage(None, run.study_log)
+    with quiet_optuna():
+        yield optuna.create_study(storage=storage, study_name="s")
+
+
+def ask(study, x=0.5):
+    """A running trial with params {"x": x} (none when x is None)."""
+    if x is None:
+        return study.ask()
+    study.enqueue_trial({"x": x})
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    return trial
+
+
+def complete(number, value, params=None):
+    return TrialOutcome(number, "complete", None, params or {}, seed=1, value=value)
+
+
+# --- budget lock ------------------------------------------------------------------------------
+
+
+def test_budget_lock_serializes_count_then_ask(study, run):
+    """Without the lock, two askers that both see room would overshoot the budget."""
+    target, made = 6, []
+
+    def worker():
+        while True:
+            with budget_lock(study._storage, "s", run.root):
+                if budget_used(study) >= target:
+                    return
+                time.sleep(0.01)  # widen the window between counting and asking
+                made.append(study.ask().number)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(made) == list(range(target))
+    assert run.ask_lock.exists()
+
+
+# --- outcomes on trials -----------------------------------------------------------------------
+
+
+def test_outcome_travels_with_the_trial(study):
+    trial = ask(study)
+    tell_outcome(study, trial, complete(trial.number, 0.25, {"x": 0.5}))
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.25
+    outcome = outcome_of(frozen, identity)
+    assert outcome == complete(0, 0.25, {"x": 0.5})
+    assert outcome.state == "complete"
+
+
+def test_pruned_and_failed_outcomes(study):
+    pruned, failed = ask(study), ask(study)
+    tell_outcome(study, pruned, TrialOutcome(0, "pruned", Reason.PRUNED, {}, 1))
+    tell_outcome(study, failed, TrialOutcome(1, "failed", Reason.DISK.detailed("full"), {}, 1))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.PRUNED, TrialState.FAIL]
+    assert failure_reason(study.trials[1]) == Reason.DISK
+    assert outcome_of(study.trials[1], identity).reason == "disk: full"
+
+
+def test_running_waiting_and_skipped_trials_have_no_outcome(study):
+    ask(study)  # running
+    skip_trial(study, ask(study, x=None))
+    study.enqueue_trial({"x": 0.1})  # waiting
+    trials = study.get_trials()
+    assert [outcome_of(t, identity) for t in trials] == [None, None, None]
+    assert study_outcomes(study, identity) == []
+
+
+def test_a_trial_failed_without_a_word_reads_as_interrupted(study):
+    trial = ask(study, x=0.75)
+    study.tell(trial, state=TrialState.FAIL)  # its worker died before telling anything
+    outcome = outcome_of(study.trials[0], lambda p: {"decoded": p["x"]})
+    assert outcome.state == "failed" and outcome.reason == Reason.INTERRUPTED
+    assert outcome.params == {"decoded": 0.75}
+
+
+def test_unknown_keys_in_a_stored_outcome_are_ignored(study):
+    trial = ask(study)
+    trial.set_user_attr(OUTCOME_ATTR, {**complete(0, 0.5).to_json(), "future_key": 1})
+    study.tell(trial, 0.5)
+    assert outcome_of(study.trials[0], identity).value == 0.5
+
+
+# --- retries and recovery ---------------------------------------------------------------------
+
+
+def test_retried_trials_do_not_count_twice(study):
+    first = ask(study)
+    tell_outcome(study, first, TrialOutcome(0, "failed", Reason.INTERRUPTED, {"x": 0.5}, 1))
+    retry_interrupted(study)
+    retry_interrupted(study)  # once only
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+    assert replaced_numbers(study.get_trials()) == {0}
+    assert budget_used(study) == 0  # the failure is replaced; the retry is not asked yet
+    retry = study.ask()
+    assert retry.suggest_float("x", 0.0, 1.0) == 0.5  # the same configuration
+    assert budget_used(study) == 1
+
+
+def test_a_retry_that_is_interrupted_again_is_not_retried(study):
+    first = ask(study)
+    tell_outcome(study, first, TrialOutcome(0, "failed", Reason.INTERRUPTED, {}, 1))
+    retry_interrupted(study)
+    second = study.ask()
+    tell_outcome(study, second, TrialOutcome(1, "failed", Reason.INTERRUPTED, {}, 1))
+    retry_interrupted(study)
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def test_other_failures_are_not_retried(study):
+    trial = ask(study)
+    tell_outcome(study, trial, TrialOutcome(0, "failed", Reason.DIVERGED, {}, 1))
+    retry_interrupted(study)
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+
+
+def test_recover_fails_running_trials_and_retries_them(study, run):
+    trial = ask(study, x=0.3)
+    folder = run.trial(trial.number)
+    folder.root.mkdir(parents=True)
+    write_json(folder.result, {**complete(0, None, {"x": 0.3}).to_json(), "epochs_run": 4})
+    recover(study, study._storage, run, identity)
+    (failed, waiting) = study.get_trials()
+    assert failed.state == TrialState.FAIL and failure_reason(failed) == Reason.INTERRUPTED
+    assert waiting.state == TrialState.WAITING
+    assert study.ask().suggest_float("x", 0.0, 1.0) == 0.3
+    written = read_json(folder.result)
+    assert written["state"] == "failed" and written["reason"] == "interrupted"
+    assert written["epochs_run"] == 4  # what the trial had recorded is kept
+
+
+def test_fail_running_only_touches_the_dead_workers_trials(study, run):
+    mine, other = ask(study), ask(study)
+    mark_worker(mine)
+    other.set_user_attr("worker_pid", -1)
+    other.set_user_attr("worker_host", "another-machine")
+    fail_running(study, run, identity, pid=os.getpid())
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.RUNNING]
+    fail_running(study, run, identity)  # this host's trials only
+    assert study.get_trials()[1].state == TrialState.RUNNING
+
+
+def test_record_interrupted_without_a_folder_writes_nothing(run):
+    outcome = record_interrupted(run, 7, {"x": 1})
+    assert outcome.reason == Reason.INTERRUPTED and outcome.params == {"x": 1}
+    assert not run.trial(7).root.exists()
+
+
+# --- rounds record ----------------------------------------------------------------------------
+
+
+def test_rounds_are_recorded_in_the_study_and_the_run_folder(study, run):
+    assert load_rounds(study) == []
+    rounds = [{"round": 0, "start": 0, "target": 4, "space": {"x": {"low": 0.0, "high": 1.0}}}]
+    save_rounds(study, run, rounds)
+    assert load_rounds(study) == rounds
+    assert read_json(run.rounds) == rounds
+
+
+# --- journal repair ---------------------------------------------------------------------------
+
+
+def _journal(run, records):
+    run.root.mkdir(exist_ok=True)
+    run.study_log.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_torn_last_record_is_dropped_and_kept_aside(run):
+    _journal(run, [{"op_code": 0}, {"op_code": 1}])
+    original = run.study_log.read_bytes() + b'{"op_code": 4, "tru'
+    run.study_log.write_bytes(original)
+    warning = repair_journal(run.study_log)
+    assert "incomplete last record" in warning
+    assert run.study_log.read_text().splitlines() == ['{"op_code": 0}', '{"op_code": 1}']
+    assert (run.root / "study.log.torn").read_bytes() == original
+
+
+def test_damage_before_the_end_names_the_line(run):
+    _journal(run, [{"op_code": 0}])
+    run.study_log.write_text('{"op_code": 0}\nnot json\n{"op_code": 1}\n')
+    with pytest.raises(InputError, match="line 2 of the study journal is damaged"):
+        repair_journal(run.study_log)
+
+
+def test_an_intact_or_missing_journal_needs_no_repair(run):
+    assert repair_journal(run.study_log) is None
+    _journal(run, [{"op_code": 0}])
+    assert repair_journal(run.study_log) is None
+
+
+# --- global state -----------------------------------------------------------------------------
+
+
+def test_quiet_optuna_restores_what_it_changed():
+    optuna.logging.set_verbosity(logging.INFO)
+    with quiet_optuna():
+        assert optuna.logging.get_verbosity() == logging.WARNING
+    assert optuna.logging.get_verbosity() == logging.INFO

@@ -1,0 +1,75 @@
+"""Worker helpers: how many workers, where, how large a stack, grouping, epoch reports."""
+
+import optuna
+import torch
+
+from hpsearch.spec import SearchSpec
+from hpsearch.workers import EpochReporter, pinned_gpu, shape_groups, stack_for, worker_count
+from tests.conftest import make_spec
+
+
+def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert pinned_gpu(torch.device("cuda"), 5) == 1
+    assert pinned_gpu(torch.device("cuda:2"), 5) is None
+    assert pinned_gpu(torch.device("cpu"), 5) is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pinned_gpu(torch.device("cuda"), 5) is None
+
+
+def test_worker_count(monkeypatch):
+    cpu = torch.device("cpu")
+    assert worker_count(SearchSpec(mode="panda", workers=4), cpu) == 1
+    assert worker_count(SearchSpec(workers=3), cpu) == 3
+    monkeypatch.setattr("hpsearch.workers.cores", lambda: 6)
+    assert worker_count(SearchSpec(), cpu) == 6
+
+
+def test_a_worker_takes_at_most_its_share_of_a_round():
+    random = SearchSpec(strategy="random")  # stack: auto -> 16
+    assert stack_for(random, room=12, workers=2, database=False) == 6
+    assert stack_for(random, room=100, workers=2, database=False) == 16
+    assert stack_for(random, room=12, workers=2, database=True) == 2  # a quarter of a share
+    assert stack_for(random, room=0, workers=2, database=False) == 1
+    assert stack_for(SearchSpec(strategy="tpe"), room=12, workers=1, database=False) == 1
+
+
+def test_shape_groups_keep_first_seen_order():
+    spec = make_spec(search={"space": {"model.hidden": {"choices": [[8], [16]]}}})
+    study = optuna.create_study()
+    values = [{"model.hidden": [8]}, {"model.hidden": [16]}, {"model.hidden": [8]}]
+    proposals = [(study.ask(), v) for v in values]
+    groups = shape_groups(spec, proposals)
+    assert [[t.number for t, _ in g] for g in groups] == [[0, 2], [1]]
+
+
+class Recorder:
+    def __init__(self):
+        self.epochs = []
+
+    def epoch(self, number, record):
+        self.epochs.append((number, record["epoch"]))
+
+
+def test_epoch_reports_reach_progress_and_the_pruner():
+    spec = make_spec(search={"pruner": "median", "space": {}})
+    study = optuna.create_study(
+        pruner=optuna.pruners.ThresholdPruner(upper=0.5), direction="minimize"
+    )
+    trial = study.ask()
+    progress = Recorder()
+    reporter = EpochReporter([(trial, {})], spec, progress)
+    assert reporter(trial.number, {"epoch": 1, "dev_error": 0.2}) is False
+    assert reporter(trial.number, {"epoch": 2, "event": "rescue"}) is False  # not a metric
+    assert reporter(trial.number, {"epoch": 3, "dev_error": 0.9}) is True
+    assert progress.epochs == [(0, 1), (0, 2), (0, 3)]
+    assert study.trials[0].intermediate_values == {1: 0.2, 3: 0.9}
+
+
+def test_without_a_pruner_nothing_is_reported_to_the_study():
+    spec = make_spec(search={"space": {}})
+    study = optuna.create_study()
+    trial = study.ask()
+    reporter = EpochReporter([(trial, {})], spec, Recorder())
+    assert reporter(trial.number, {"epoch": 1, "dev_error": 0.9}) is False
+    assert study.trials[0].intermediate_values == {}
