@@ -1,8 +1,8 @@
 """`hpsearch.minimize`: the search strategies of `hpsearch run` on any Python objective.
 
-The same samplers, sampler seeds and round planner (`hpsearch.rounds`) as a run, in memory: no
-run folder, no files, no processes. For the same space and seed, `minimize` proposes the
-points a one-worker `hpsearch run` proposes, in the same order.
+The same samplers (seeded per proposal) and round planner (`hpsearch.rounds`) as a run, in
+memory: no run folder, no files, no processes. For the same space and seed, `minimize`
+proposes the points `hpsearch run` proposes, in the same order.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from hpsearch.errors import InputError
-from hpsearch.rounds import plan_round, round_budgets, round_count, sampler_seed
+from hpsearch.rounds import plan_round, round_budgets, round_count
 from hpsearch.space import decode_params, parse_free_space, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, describe_validation_error
-from hpsearch.strategies import check_strategy, make_sampler
+from hpsearch.strategies import ask_next, check_strategy, make_sampler
 from hpsearch.study import quiet_optuna
 
 # Options of `hpsearch run` that mean nothing for an objective evaluated here, one at a time.
@@ -108,9 +108,7 @@ def minimize(
     if not params:
         raise InputError("space: give at least one parameter")
     with quiet_optuna():
-        study = optuna.create_study(
-            sampler=make_sampler(search, sampler_seed(seed, 0)), direction="minimize"
-        )
+        study = optuna.create_study(sampler=make_sampler(search, seed), direction="minimize")
         budgets = round_budgets(search)
         current = None
         for index in range(round_count(search)):
@@ -131,7 +129,7 @@ def minimize(
             for point in planned.points or []:  # queued points, as in `hpsearch run`
                 study.enqueue_trial(to_optuna_params(params, point))
             for _ in range(planned.count):
-                trial = study.ask()
+                trial = ask_next(study)
                 value = float(objective(suggest(trial, params, None)))
                 if math.isfinite(value):
                     study.tell(trial, value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,10 +30,12 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def user_errors(command):
-    """Bad input becomes one line on stderr and exit code 2; Ctrl-C becomes 130."""
+    """Bad input becomes one line on stderr and exit code 2; Ctrl-C (and SIGTERM, what
+    schedulers, systemd and `docker stop` send) becomes 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except InputError as exc:
@@ -172,6 +175,42 @@ def _print_outcome(summary: dict[str, Any]) -> None:
         if key in metrics
     )
     print(f"best trial {best['trial']}: {shown}", file=sys.stderr, flush=True)
+
+
+@app.command()
+@user_errors
+def rerun(
+    run: Annotated[str, typer.Argument(help="Run folder, its name, or 'latest'.")],
+    trial: Annotated[int, typer.Argument(help="The trial's number.")],
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where run folders are.")
+    ] = DEFAULT_RUNS_DIR,
+) -> None:
+    """Re-train one trial from its recorded spec, params and seed, and compare.
+
+    Exits 1 when the metrics differ from the recorded ones by more than 1e-4.
+    """
+    from hpsearch.engine import rerun as rerun_trial
+    from hpsearch.objective import REPRODUCED_WITHIN
+
+    again = rerun_trial(run, trial, runs_dir, device)
+    old, new = again.recorded, again.outcome
+    print(f"trial {trial}: recorded {old.state}, rerun {new.state}  (seed {old.seed})")
+    for key in sorted(old.metrics.keys() | new.metrics.keys()):
+        if key.startswith(("train_", "dev_")):
+            before, after = old.metrics.get(key), new.metrics.get(key)
+            print(f"  {key:<20} {_number(before):>12} {_number(after):>12}")
+    print(f"written to {again.folder}")
+    if again.reproduced:
+        print(f"match: every metric within {REPRODUCED_WITHIN:g}")
+        return
+    print(f"differ: by up to {again.difference:.3g}", file=sys.stderr)
+    raise typer.Exit(EXIT_GATE)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
 
 
 @app.command()

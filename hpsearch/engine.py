@@ -25,7 +25,14 @@ import yaml
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import InputError
-from hpsearch.objective import run_trial, score_best
+from hpsearch.objective import (
+    Rerun,
+    job_for,
+    recorded_outcome,
+    rerun_trial,
+    run_trial,
+    score_best,
+)
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress, make_reviewer
 from hpsearch.runs import (
@@ -195,7 +202,7 @@ def run_single(spec: Spec, data: Dataset, runs_dir: Path, progress: ProgressSink
     started = time.perf_counter()
     run = start_run(spec, data, runs_dir)
     progress.trial_started(0, {}, spec.train.epochs)
-    outcome = run_trial(spec, data, run, 0, {}, on_epoch=progress.epoch)
+    outcome = run_trial(spec, data, run, job_for(spec, 0, {}), progress.epoch)
     progress.trial_finished(outcome)
     best = best_outcome(spec, [outcome])
     final = score_best(spec, data, run, best) if best is not None else None
@@ -351,6 +358,27 @@ def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResul
     write_text(run.spec, spec_to_yaml(masked(spec)))
     name = read_json(run.summary).get("study") if run.summary.exists() else None
     return run_search(spec, data, run, progress, True, reviewer_for(spec), name or run.name)
+
+
+def _split_hashes(split_info: dict[str, Any]) -> dict[str, Any]:
+    return {name: part.get("hash") for name, part in split_info.get("splits", {}).items()}
+
+
+def rerun(run_name: str, number: int, runs_dir: Path, device: str | None = None) -> Rerun:
+    """`hpsearch rerun`: train trial `number` of a run again from its recorded spec, params and
+    seed, into a new folder under the run's reruns/; the result sits beside the recorded one."""
+    run = find_run(runs_dir, run_name)
+    spec = load_spec(run.spec)
+    update: dict[str, Any] = {"storage": None}
+    if device is not None:
+        update["device"] = device
+    spec = spec_from_dict({**spec.model_dump(mode="json"), **update}, source=str(run.spec))
+    recorded = recorded_outcome(run, number)
+    data = load_dataset(spec.data, spec.seed)
+    if run.split.exists() and _split_hashes(read_json(run.split)) != _split_hashes(data.split_info):
+        print(f"warning: the data's splits differ from those of {run.root}", file=sys.stderr)
+    with quiet_optuna():
+        return rerun_trial(spec, data, run, recorded, device=resolve_device(spec.device))
 
 
 def run_spec(

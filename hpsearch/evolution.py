@@ -29,6 +29,15 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 
+class KnownConfigurations:
+    """The configurations of the study's finished trials, each added once: shared by the
+    samplers of one search, so a proposal's cost does not grow with the study."""
+
+    def __init__(self) -> None:
+        self.numbers: set[int] = set()
+        self.keys: set[tuple] = set()
+
+
 class EvolutionSampler(BaseSampler):
     """Tournament selection from the last `population` complete trials, then mutation.
 
@@ -43,6 +52,7 @@ class EvolutionSampler(BaseSampler):
         startup: int | None = None,
         sigma: float = 0.15,
         seed: int | None = None,
+        known: KnownConfigurations | None = None,
     ) -> None:
         self.population = population
         self.tournament = tournament or max(2, round(0.75 * population))
@@ -51,8 +61,7 @@ class EvolutionSampler(BaseSampler):
         self._rng = np.random.RandomState(seed)
         self._random = RandomSampler(seed=None if seed is None else (seed + 1) % 2**32)
         self._children: dict[int, dict[str, Any]] = {}
-        self._finished_numbers: set[int] = set()
-        self._finished_keys: set[tuple] = set()
+        self._known = known or KnownConfigurations()
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -81,7 +90,7 @@ class EvolutionSampler(BaseSampler):
         running = self._remember_finished(trials)
         child = self._mutate(parent, genes=1)
         for attempt in range(1, 30):  # every fifth retry changes one gene more
-            if _key(child) not in self._finished_keys and _key(child) not in running:
+            if _key(child) not in self._known.keys and _key(child) not in running:
                 break
             child = self._mutate(parent, genes=1 + attempt // 5)
         self._children[trial.number] = child
@@ -91,11 +100,11 @@ class EvolutionSampler(BaseSampler):
         cost does not grow with the study); return those of trials still unfinished."""
         running = set()
         for t in trials:
-            if t.number in self._finished_numbers:
+            if t.number in self._known.numbers:
                 continue
             if t.state.is_finished():
-                self._finished_numbers.add(t.number)
-                self._finished_keys.add(_key(t.params))
+                self._known.numbers.add(t.number)
+                self._known.keys.add(_key(t.params))
             else:
                 running.add(_key(t.params))
         return running

@@ -1,13 +1,21 @@
-"""One trial or one stack of trials: apply sampled params to the spec, train, and write each
-trial's `trials/<n>/` folder."""
+"""Trials in their folders: apply sampled params to the spec, train (one trial or a stack of
+them, in the one loop of `hpsearch.train`), checkpoint, and write each trial's `trials/<n>/`;
+re-train a recorded trial; score the best trial on test once."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +26,51 @@ from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
 from hpsearch.model import build_mlp
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
-from hpsearch.runs import RunFolder, append_jsonl, write_json
+from hpsearch.runs import RunFolder, TrialFolder, append_jsonl, read_json, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
-from hpsearch.stacked import train_stack
 from hpsearch.train import (
-    EpochCallback,
+    Member,
+    TrainHooks,
     TrainResult,
     prefixed,
     resolve_device,
     score_split,
-    train_model,
+    train,
 )
 
-# Told each epoch's record of trial `number` (and rescue events); True stops that trial (pruned).
-TrialCallback = Callable[[int, dict[str, Any]], bool | None]
+# Told each epoch's record of trial `number` (and rescue events).
+TrialCallback = Callable[[int, dict[str, Any]], None]
+# Asked once per epoch which of these trials to stop: (epoch, numbers) -> the pruned numbers.
+PruneCallback = Callable[[int, list[int]], Collection[int]]
 
 
-def trial_seed(spec_seed: int, number: int) -> int:
-    """A trial's torch seed, derived from the spec's seed and the trial number."""
-    return int(np.random.SeedSequence([spec_seed, number]).generate_state(1)[0])
+def checkpoint_seconds() -> float:
+    """How often a training trial saves its state (HPSEARCH_CHECKPOINT_SECONDS, default 5)."""
+    return max(0.0, float(os.environ.get("HPSEARCH_CHECKPOINT_SECONDS", "5")))
+
+
+def configuration_seed(spec_seed: int, params: dict[str, Any]) -> int:
+    """A trial's seed: from the spec's seed and the trial's configuration alone, so the same
+    configuration trains the same model in any run, worker, stack position or retry."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+    return int(np.random.SeedSequence([spec_seed, digest]).generate_state(1)[0])
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """A trial to train: its number, params and seed, and the trial whose checkpoint it may
+    continue from (a retry of an interrupted trial)."""
+
+    number: int
+    params: dict[str, Any]
+    seed: int
+    resume_from: int | None = None
+
+
+def job_for(spec: Spec, number: int, params: dict[str, Any], **kwargs: Any) -> TrialJob:
+    return TrialJob(number, params, configuration_seed(spec.seed, params), **kwargs)
 
 
 def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
@@ -45,26 +78,95 @@ def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _begin(run: RunFolder, number: int, params: dict[str, Any], spec: Spec) -> TrialOutcome:
-    """The trial's folder with its params and an empty metrics file; failed until it finishes."""
-    seed = trial_seed(spec.seed, number)
-    folder = run.trial(number)
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def save_checkpoint(folder: TrialFolder, state: dict[str, Any]) -> None:
+    """Write a training state atomically: a reader finds the old one or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=folder.root, prefix=".checkpoint.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, folder.checkpoint)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(folder: TrialFolder) -> dict[str, Any] | None:
+    """A trial's saved training state; None when there is none, or it cannot be read (a run
+    killed mid-write leaves only a temporary file, which is not read)."""
+    if not folder.checkpoint.exists():
+        return None
+    try:
+        return torch.load(folder.checkpoint, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+
+
+def resume_state(run: RunFolder, job: TrialJob) -> tuple[dict[str, Any] | None, int | None]:
+    """Where `job` continues: its own checkpoint, else the one of the trial it retries; with
+    the number of the trial whose checkpoint it is (None, None for a fresh start)."""
+    for number in (job.number, job.resume_from):
+        if number is not None and (state := load_checkpoint(run.trial(number))) is not None:
+            return state, number
+    return None, None
+
+
+def resume_position(run: RunFolder, job: TrialJob) -> tuple[int, int]:
+    """(epoch, batch) where `job` starts: trials share a stack only from the same position."""
+    state, _ = resume_state(run, job)
+    return (0, 0) if state is None else (state["epoch"], state["batch"])
+
+
+def _forget_checkpoints(run: RunFolder, job: TrialJob) -> None:
+    for number in (job.number, job.resume_from):
+        if number is not None:
+            run.trial(number).checkpoint.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[Callable[[], bool]]:
+    """While trials train, the first Ctrl-C or SIGTERM asks the loop to stop at the end of its
+    batch (it saves checkpoints first and then raises KeyboardInterrupt); a second one
+    interrupts at once. Yields the question the loop asks. Signals reach the main thread
+    only; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    asked = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if asked.is_set():
+            raise KeyboardInterrupt
+        asked.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        if asked.is_set():
+            raise KeyboardInterrupt
+
+
+# --- trials -----------------------------------------------------------------------------------
+
+
+def _begin(run: RunFolder, job: TrialJob, history: list[dict[str, Any]]) -> TrialOutcome:
+    """The trial's folder with its params and the epochs it resumes after; failed until it
+    finishes."""
+    folder = run.trial(job.number)
     folder.root.mkdir(parents=True, exist_ok=True)
-    write_json(folder.params, {"number": number, "seed": seed, "params": params})
+    record = {"number": job.number, "seed": job.seed, "params": job.params}
+    if job.resume_from is not None:
+        record["retry_of"] = job.resume_from
+    write_json(folder.params, record)
     folder.metrics.write_text("", encoding="utf-8")
-    return TrialOutcome(number, TrialState.FAILED, None, params, seed)
-
-
-def _logged(run: RunFolder, number: int, on_epoch: TrialCallback | None) -> EpochCallback:
-    """The training loop's callback for trial `number`: each record goes to the trial's
-    metrics.jsonl, then to the caller's callback."""
-    path = run.trial(number).metrics
-
-    def log_epoch(record: dict[str, Any]) -> bool:
-        append_jsonl(path, record)
-        return bool(on_epoch(number, record)) if on_epoch is not None else False
-
-    return log_epoch
+    for line in history:
+        append_jsonl(folder.metrics, line)
+    return TrialOutcome(job.number, TrialState.FAILED, None, job.params, job.seed)
 
 
 def _failure_reason(exc: BaseException, folder: Path) -> str:
@@ -79,11 +181,11 @@ def _failure_reason(exc: BaseException, folder: Path) -> str:
 
 
 def _settle(
-    spec: Spec, run: RunFolder, outcome: TrialOutcome, result: TrainResult, stack: int = 1
+    spec: Spec, folder: TrialFolder, outcome: TrialOutcome, result: TrainResult, stack: int
 ) -> None:
     """Copy a finished training into the outcome and save the model."""
     if result.state != TrialState.FAILED:
-        torch.save(result.model.state_dict(), run.trial(outcome.number).model)
+        _save_model(result.model.state_dict(), folder.model)
     outcome.state, outcome.reason = TrialState(result.state), result.reason
     outcome.metrics = result.metrics
     outcome.best_epoch = result.best_epoch
@@ -93,6 +195,18 @@ def _settle(
     outcome.stack = stack
 
 
+def _save_model(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights written atomically, like the JSON files: never a half-written model.pt."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _close(run: RunFolder, outcome: TrialOutcome, started: float) -> TrialOutcome:
     outcome.seconds = time.perf_counter() - started
     with contextlib.suppress(OSError):  # the study keeps the outcome even if this write fails
@@ -100,88 +214,166 @@ def _close(run: RunFolder, outcome: TrialOutcome, started: float) -> TrialOutcom
     return outcome
 
 
-def run_trial(
-    spec: Spec,
-    data: Dataset,
-    run: RunFolder,
-    number: int,
-    params: dict[str, Any],
-    on_epoch: TrialCallback | None = None,
-    device: torch.device | None = None,
-    rescue: bool = False,
-) -> TrialOutcome:
-    """Train trial `number` with `params` applied, writing params, per-epoch metrics and result.
-
-    A trial's own failure (divergence, an exception, out of memory, a disk that refuses its
-    files) fails that trial with a reason; it never ends the search.
-    """
-    started = time.perf_counter()
-    seed = trial_seed(spec.seed, number)
-    outcome = TrialOutcome(number, TrialState.FAILED, None, params, seed)
-    try:
-        outcome = _begin(run, number, params, spec)
-        result = train_model(
-            apply_params(spec, params),
-            data,
-            seed,
-            on_epoch=_logged(run, number, on_epoch),
-            device=device,
-            rescue=rescue,
-        )
-        _settle(spec, run, outcome, result)
-    except InputError:
-        raise
-    except Exception as exc:
-        outcome.reason = _failure_reason(exc, run.trial(number).root)
-    return _close(run, outcome, started)
-
-
 def run_stack(
     spec: Spec,
     data: Dataset,
     run: RunFolder,
-    proposals: list[tuple[int, dict[str, Any]]],
+    jobs: list[TrialJob],
     on_epoch: TrialCallback | None = None,
+    prune: PruneCallback | None = None,
     device: torch.device | None = None,
     rescue: bool = False,
 ) -> list[TrialOutcome]:
-    """Train same-shape trials as one stacked model; each gets its folder and outcome exactly as
-    `run_trial` gives it. A fault in the stack (out of memory, say) sends its trials through
-    `run_trial` one at a time, so no trial is lost to its neighbours. A single trial goes
-    straight to `run_trial` (the only path with panda's `rescue`)."""
-    if len(proposals) == 1:
-        (number, params) = proposals[0]
-        return [run_trial(spec, data, run, number, params, on_epoch, device, rescue)]
+    """Train trials of one shape together (one, or a stack), each continuing from its
+    checkpoint when it has one; each gets its folder and outcome as if trained alone.
+
+    A trial's own failure (divergence, an exception, out of memory, a disk that refuses its
+    files) fails that trial with a reason; it never ends the search. A fault of the whole stack
+    sends its trials through one at a time, so no trial is lost to its neighbours. Ctrl-C and
+    SIGTERM stop at the end of a batch, after saving every trial's checkpoint.
+    """
     started = time.perf_counter()
+    outcomes = [TrialOutcome(j.number, TrialState.FAILED, None, j.params, j.seed) for j in jobs]
     try:
-        outcomes = [_begin(run, number, params, spec) for number, params in proposals]
-        results = train_stack(
-            [apply_params(spec, params) for _, params in proposals],
-            data,
-            [outcome.seed for outcome in outcomes],
-            [_logged(run, number, on_epoch) for number, _ in proposals],
-            device=device,
-        )
-        for outcome, result in zip(outcomes, results, strict=True):
-            _settle(spec, run, outcome, result, stack=len(proposals))
+        resumed = [resume_state(run, job) for job in jobs]
+        states = [state for state, _ in resumed]
+        outcomes = [
+            _begin(run, job, state["history"] if state else [])
+            for job, state in zip(jobs, states, strict=True)
+        ]
+        for outcome, (state, source) in zip(outcomes, resumed, strict=True):
+            if state is not None:
+                outcome.resumed_from, outcome.resumed_epoch = source, state["epoch"]
+        members = [
+            Member(apply_params(spec, job.params), job.seed, state)
+            for job, state in zip(jobs, states, strict=True)
+        ]
+        numbers = [job.number for job in jobs]
+
+        def heard(k: int, record: dict[str, Any]) -> None:
+            append_jsonl(run.trial(numbers[k]).metrics, record)
+            if on_epoch is not None:
+                on_epoch(numbers[k], record)
+
+        def judge(epoch: int, judged: list[int]) -> list[int]:
+            pruned = set(prune(epoch, [numbers[k] for k in judged])) if prune else set()
+            return [k for k in judged if numbers[k] in pruned]
+
+        with deferred_stop() as stop_requested:
+            hooks = TrainHooks(
+                on_epoch=heard,
+                prune=judge if prune else None,
+                checkpoint=lambda k, state: save_checkpoint(run.trial(numbers[k]), state),
+                checkpoint_seconds=checkpoint_seconds(),
+                stop_requested=stop_requested,
+                rescue=rescue,
+            )
+            results = train(members, data, hooks, device)
+        for job, outcome, result in zip(jobs, outcomes, results, strict=True):
+            _settle(spec, run.trial(job.number), outcome, result, stack=len(jobs))
     except InputError:
         raise
     except Exception as exc:
-        if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return [
-            run_trial(spec, data, run, number, params, on_epoch, device)
-            for number, params in proposals
-        ]
+        if len(jobs) > 1:
+            if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return [
+                run_stack(spec, data, run, [job], on_epoch, prune, device, rescue)[0]
+                for job in jobs
+            ]
+        outcomes[0].reason = _failure_reason(exc, run.trial(jobs[0].number).root)
+    for job in jobs:
+        _forget_checkpoints(run, job)
     return [_close(run, outcome, started) for outcome in outcomes]
+
+
+def run_trial(
+    spec: Spec,
+    data: Dataset,
+    run: RunFolder,
+    job: TrialJob,
+    on_epoch: TrialCallback | None = None,
+    device: torch.device | None = None,
+) -> TrialOutcome:
+    """One trial alone, in its folder (see `run_stack`)."""
+    return run_stack(spec, data, run, [job], on_epoch, device=device)[0]
+
+
+# --- re-training a recorded trial -------------------------------------------------------------
+
+
+REPRODUCED_WITHIN = 1e-4  # the largest metric difference still called "the same"
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """A recorded trial trained again: the new outcome beside the recorded one."""
+
+    recorded: TrialOutcome
+    outcome: TrialOutcome
+    folder: Path
+
+    @property
+    def difference(self) -> float:
+        """The largest difference of a shared final metric (relative above 1 in size)."""
+        if self.recorded.state != self.outcome.state:
+            return math.inf
+        old, new = self.recorded.metrics, self.outcome.metrics
+        gaps = [abs(old[k] - new[k]) / max(1.0, abs(old[k])) for k in old.keys() & new.keys()]
+        if not gaps:  # failed both times: the same when for the same reason
+            return 0.0 if self.recorded.reason == self.outcome.reason else math.inf
+        return max(gaps)
+
+    @property
+    def reproduced(self) -> bool:
+        return self.difference <= REPRODUCED_WITHIN
+
+
+def rerun_trial(
+    spec: Spec,
+    data: Dataset,
+    run: RunFolder,
+    recorded: TrialOutcome,
+    into: RunFolder | None = None,
+    device: torch.device | None = None,
+) -> Rerun:
+    """Train `recorded` again from its params and seed, into `into` (default: a new folder
+    under the run's reruns/). A pruned trial stops at the epoch it was pruned at (pruning
+    judged it against other trials, which are not trained again)."""
+    if into is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        into = RunFolder(run.reruns_dir / f"{recorded.number}-{stamp}")
+    job = TrialJob(recorded.number, recorded.params, recorded.seed)
+    prune = None
+    if recorded.state == TrialState.PRUNED:
+        stop_at = recorded.epochs_run
+        prune = lambda epoch, numbers: numbers if epoch >= stop_at else []  # noqa: E731
+    outcome = run_stack(spec, data, into, [job], prune=prune, device=device)[0]
+    return Rerun(recorded, replace(outcome, stack=recorded.stack), into.trial(recorded.number).root)
+
+
+def recorded_outcome(run: RunFolder, number: int) -> TrialOutcome:
+    """A trial's outcome as its folder recorded it (an input error naming what is missing)."""
+    folder = run.trial(number)
+    if not folder.result.is_file():
+        known = ", ".join(map(str, run.trial_numbers())) or "none"
+        raise InputError(f"no trial {number} with a result in {run.root} (trials: {known})")
+    outcome = TrialOutcome.from_json(read_json(folder.result))
+    if folder.params.is_file():  # the seed it trained with, as recorded before training
+        outcome = replace(outcome, seed=read_json(folder.params).get("seed", outcome.seed))
+    return outcome
 
 
 @dataclass
 class FinalEvaluation:
-    """The best trial scored after the search: test metrics and per-group errors."""
+    """The best trial scored after the search: test metrics and per-group errors, and where
+    its weights came from (`local`: trained here; `fetched`: stored with the study by the
+    machine that trained it; `reproduced`: trained again here from its seed, with the
+    recorded metrics; `retrained`: trained again, the metrics differ)."""
 
     test: dict[str, float]
     groups: dict[str, dict[str, float | None]] | None
+    weights: str = "local"
 
 
 def _group_subset(split: Split, label: str) -> Split:
@@ -220,8 +412,11 @@ def evaluate_best(
 
 def score_best(spec: Spec, data: Dataset, run: RunFolder, best: TrialOutcome) -> FinalEvaluation:
     """Finishing a run: the best trial on the test split (once) and per group. A best trial that
-    trained on another machine (its weights are not here) is trained again first, from its
-    recorded seed: a trial's seed derives from the spec and its number."""
+    trained on another machine (its weights are not here) is trained again here first, from
+    its recorded seed, by the path `hpsearch rerun` takes; the evaluation says whether that
+    reproduced the recorded metrics."""
+    weights = "local"
     if not run.trial(best.number).model.exists():
-        run_trial(spec, data, run, best.number, best.params)
-    return evaluate_best(spec, data, run, best)
+        again = rerun_trial(spec, data, run, best, into=run)
+        weights = "reproduced" if again.reproduced else "retrained"
+    return replace(evaluate_best(spec, data, run, best), weights=weights)

@@ -74,6 +74,8 @@ class TrialOutcome:
     stopped_early: bool = False
     seconds: float = 0.0
     stack: int = 1  # how many trials trained together with this one (itself included)
+    resumed_from: int | None = None  # the trial whose checkpoint this one continued
+    resumed_epoch: int = 0  # epochs already trained in that checkpoint
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)  # from JSON: plain text

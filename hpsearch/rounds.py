@@ -65,15 +65,6 @@ def round_seed(seed: int, index: int) -> int:
     return seed * 1009 + index
 
 
-def sampler_seed(
-    seed: int, round_index: int, worker: int = 0, trials_so_far: int = 0, identity: int = 0
-) -> int:
-    """The seed of one worker's sampler in one round. Every worker (and round) samples from its
-    own stream, or they would propose alike; a resumed study (`trials_so_far`) must not replay
-    the proposals its first run made; processes on other machines add their `identity`."""
-    return (seed * 1009 + round_index * 101 + worker + 7919 * trials_so_far + identity) % 2**32
-
-
 def spread(points: list[dict], budget: int | None) -> list[dict]:
     """At most `budget` grid points, evenly spaced through the grid's order so that a budget
     smaller than the grid still spans every axis (None: the whole grid)."""

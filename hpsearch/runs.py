@@ -78,6 +78,11 @@ class RunFolder:
     def trials_dir(self) -> Path:
         return self.root / "trials"
 
+    @property
+    def reruns_dir(self) -> Path:
+        """`hpsearch rerun` writes each re-trained trial under here."""
+        return self.root / "reruns"
+
     def trial(self, number: int) -> TrialFolder:
         return TrialFolder(self.trials_dir / str(number))
 
@@ -106,6 +111,12 @@ class TrialFolder:
     @property
     def model(self) -> Path:
         return self.root / "model.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        """The training state of a trial still training (or stopped mid-way); removed when the
+        trial finishes."""
+        return self.root / "checkpoint.pt"
 
 
 def create_run(runs_dir: Path, name: str, now: datetime | None = None) -> RunFolder:

@@ -9,9 +9,9 @@ summarized once. Joiners work through the rounds the planner recorded.
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import time
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -21,7 +21,7 @@ from hpsearch.data import Dataset
 from hpsearch.objective import score_best
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer
-from hpsearch.rounds import plan_round, round_budgets, round_count, sampler_seed, total_budget
+from hpsearch.rounds import plan_round, round_budgets, round_count, total_budget
 from hpsearch.runs import RunFolder
 from hpsearch.space import decode_params, parse_space, to_optuna_params
 from hpsearch.spec import Spec, parse_duration
@@ -32,6 +32,7 @@ from hpsearch.study import (
     budget_used,
     fail_running,
     fail_stale,
+    fetch_weights,
     is_database,
     load_rounds,
     open_storage,
@@ -82,7 +83,7 @@ class Search:
         self.study = optuna.create_study(
             storage=self.storage,
             sampler=make_sampler(self.search, spec.seed),
-            pruner=make_pruner(self.search),
+            pruner=make_pruner(self.search, spec.train.epochs),
             study_name=study_name,
             direction=spec.objective.resolved_direction,
             load_if_exists=True,
@@ -183,12 +184,6 @@ class Search:
     def task(self, target: int, worker: int, index: int) -> WorkerTask:
         caviar = self.search.mode == "caviar"
         database = is_database(self.storage)
-        identity = 0
-        if database:  # processes on other machines sample from streams of their own
-            identity = int.from_bytes(f"{platform.node()}:{os.getpid()}".encode()[-8:], "big")
-        seed = sampler_seed(
-            self.spec.seed, index, worker, len(self.study.get_trials(deepcopy=False)), identity
-        )
         room = target - budget_used(self.study)
         return WorkerTask(
             self.spec,
@@ -197,7 +192,6 @@ class Search:
             self.study_name,
             self.params,
             target,
-            seed,
             threads=max(1, cores() // self.workers) if caviar else None,
             deadline=self.deadline,
             review=self.reviewer if self.search.mode == "panda" else None,
@@ -234,7 +228,11 @@ class Search:
         final = None
         best = best_outcome(self.spec, self.live.outcomes())
         if state == RunState.FINISHED and best is not None:
+            model = self.run.trial(best.number).model
+            fetched = not model.exists() and fetch_weights(self.study, best.number, model)
             final = score_best(self.spec, self.data, self.run, best)
+            if fetched:
+                final = replace(final, weights="fetched")
         summary = self.live.write(state, final, self.data)
         if self.planner:
             self.study.set_user_attr(FINAL_ATTR, {k: summary[k] for k in ("best", "diagnosis")})

@@ -259,7 +259,7 @@ class SearchSpec(Strict):
     timeout: str | None = None
     refine: Refine | None = None
     population: int = Field(16, ge=2)
-    pruner: Literal["none", "median", "asha"] = "none"
+    pruner: Literal["none", "median", "asha", "hyperband"] = "none"
     stack: Literal["auto", "off"] | PositiveInt = "auto"
     panda: PandaOptions = PandaOptions()
     space: dict[str, ParamSpec] = {}

@@ -8,31 +8,116 @@ samplers seeded from the spec (evolution is our own, in `hpsearch.evolution`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import InputError
-from hpsearch.evolution import EvolutionSampler
+from hpsearch.evolution import EvolutionSampler, KnownConfigurations
+from hpsearch.pruners import PeerHyperbandPruner, PeerMedianPruner, PeerSuccessiveHalvingPruner
 from hpsearch.space import Param, suggest
 from hpsearch.spec import ParamSpec, SearchSpec, Spec
 
+PROPOSAL_ATTR = "proposal"  # a sampled trial's place among the search's proposals
+
+
+def proposal_seed(seed: int, index: int) -> int:
+    """The seed of the search's `index`-th sampled proposal."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class SeededProposals(BaseSampler):
+    """A strategy's sampler, seeded per proposal: the i-th proposal a search samples is drawn
+    by a sampler seeded with (seed, i), whichever worker or machine asks for it and whenever.
+    So a search proposes the same configurations with one worker or several, and a resumed
+    search goes on with the proposals the uninterrupted one would have made (ask with
+    `ask_next`, which numbers the proposals)."""
+
+    def __init__(self, make: Callable[[int], BaseSampler], seed: int):
+        self._make = make
+        self._seed = seed
+        self.next_proposal = 0
+        self._by_trial: dict[int, BaseSampler] = {}
+
+    def _for(self, trial: FrozenTrial) -> BaseSampler:
+        sampler = self._by_trial.get(trial.number)
+        if sampler is None:
+            sampler = self._make(proposal_seed(self._seed, self.next_proposal))
+            self._by_trial[trial.number] = sampler
+        return sampler
+
+    def reseed_rng(self) -> None:  # the seeds are the point; nothing to reseed
+        pass
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: BaseDistribution
+    ) -> Any:
+        return self._for(trial).sample_independent(study, trial, name, distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any
+    ) -> None:
+        sampler = self._by_trial.pop(trial.number, None)
+        if sampler is not None:
+            sampler.after_trial(study, trial, state, values)
+
+
+def ask_next(study: optuna.Study) -> optuna.Trial:
+    """The next trial: a queued point when one waits, else the sampler's next proposal,
+    numbered among the study's proposals. Callers sharing a study hold its budget lock."""
+    sampler = study.sampler
+    if not isinstance(sampler, SeededProposals) or study.get_trials(
+        deepcopy=False, states=(TrialState.WAITING,)
+    ):
+        return study.ask()
+    trials = study.get_trials(deepcopy=False)
+    sampler.next_proposal = sum(PROPOSAL_ATTR in t.user_attrs for t in trials)
+    trial = study.ask()
+    trial.set_user_attr(PROPOSAL_ATTR, sampler.next_proposal)
+    return trial
+
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
-    """A fresh sampler for the strategy. Grid uses the queue; its sampler is never consulted."""
+    """A fresh sampler for the strategy, seeded per proposal. Grid uses the queue; its sampler
+    is never consulted."""
     if search.strategy == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return SeededProposals(lambda s: optuna.samplers.TPESampler(seed=s), seed)
     if search.strategy == "evolution":
-        return EvolutionSampler(population=search.population, seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
+        known = KnownConfigurations()  # shared, so a proposal's cost does not grow
+        population = search.population
+        return SeededProposals(lambda s: EvolutionSampler(population, seed=s, known=known), seed)
+    return SeededProposals(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
 
 
-def make_pruner(search: SearchSpec) -> optuna.pruners.BasePruner:
+def make_pruner(search: SearchSpec, epochs: int) -> optuna.pruners.BasePruner:
+    """The search's pruner. Each judges a trial against the trials training beside it (its
+    stack) as well as finished ones (see `hpsearch.pruners`); hyperband spreads trials over
+    brackets whose first rung is 1, 3, 9, ... epochs, up to `epochs`."""
     if search.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        return PeerMedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if search.pruner == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return PeerSuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if search.pruner == "hyperband":
+        return PeerHyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 

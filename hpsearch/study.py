@@ -10,6 +10,7 @@ how far the run is (its rounds, its state, the final best).
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import InputError
@@ -38,7 +38,8 @@ COUNTED = (*FINISHED, TrialState.RUNNING)
 
 # Attributes of a trial: its outcome, where it runs, which trial it retries, why it was skipped.
 OUTCOME_ATTR, PID_ATTR, HOST_ATTR = "outcome", "worker_pid", "worker_host"
-RETRY_ATTR, REASON_ATTR = "retry_of", "reason"
+RETRY_ATTR, REASON_ATTR, WEIGHTS_ATTR = "retry_of", "reason", "weights"
+SHARED_WEIGHTS_LIMIT = 4 * 2**20  # bytes of model.pt a trial stores in a database study
 # Attributes of the study: what a worker joining from another machine needs, how far it is.
 SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
 STATE_ATTR, FINAL_ATTR = "state", "final"
@@ -89,7 +90,7 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
                 url,
                 heartbeat_interval=beat,
                 grace_period=3 * beat,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=retry_stale,
             )
         except (IntegrityError, ProgrammingError):
             # Workers starting together race to create Optuna's tables: the losers' CREATE
@@ -148,18 +149,32 @@ def _database_lock(storage: optuna.storages.RDBStorage, name: str) -> Iterator[N
                 connection.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
 
 
-def replaced_numbers(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
-    """Trials that were retried (after a lost heartbeat or a resume): their retry replaces them."""
-    numbers = set()
-    for trial in trials:
-        # what RetryHeartbeatStaleTrialCallback.retried_trial_number reads, without the
-        # experimental-API warning it raises on every call (thousands per trial in a big study)
-        retried = trial.system_attrs.get("failed_trial")
-        if retried is None:
-            retried = trial.user_attrs.get(RETRY_ATTR)
-        if retried is not None:
-            numbers.add(int(retried))
-    return numbers
+def retried_number(trial: FrozenTrial | optuna.Trial) -> int | None:
+    """The trial this one retries (after a lost heartbeat or a resume), or None."""
+    retried = trial.user_attrs.get(RETRY_ATTR)
+    return None if retried is None else int(retried)
+
+
+def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat callback: a trial whose worker stopped beating is queued again, once
+    (a retry is not retried again); the retry names the trial it replaces."""
+    if RETRY_ATTR in trial.user_attrs:
+        return
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={**trial.user_attrs, RETRY_ATTR: trial.number},
+            # as Optuna's RetryHeartbeatStaleTrialCallback records it, for Optuna's own tools
+            system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]},
+        )
+    )
+
+
+def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Trials that were retried: their retry replaces them."""
+    return {n for n in map(retried_number, trials) if n is not None}
 
 
 def budget_used(study: optuna.Study) -> int:
@@ -210,6 +225,36 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, state=TrialState.FAIL)
+
+
+def beats_the_study(study: optuna.Study, value: float) -> bool:
+    """Whether `value` is as good as every complete trial's so far (a tie may still win: the
+    best trial is the earliest of equals)."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    values = [v for v in values if v is not None]
+    if not values:
+        return True
+    if study.direction == optuna.study.StudyDirection.MAXIMIZE:
+        return value >= max(values)
+    return value <= min(values)
+
+
+def share_weights(trial: optuna.Trial, model: Path) -> None:
+    """Keep a trial's weights in the study (before it is told), so the machine that scores the
+    best trial on test scores these very weights; models over SHARED_WEIGHTS_LIMIT are not."""
+    if model.is_file() and model.stat().st_size <= SHARED_WEIGHTS_LIMIT:
+        trial.set_user_attr(WEIGHTS_ATTR, base64.b64encode(model.read_bytes()).decode("ascii"))
+
+
+def fetch_weights(study: optuna.Study, number: int, model: Path) -> bool:
+    """Write trial `number`'s shared weights to `model`; False when the study has none."""
+    trial = study.get_trials(deepcopy=False)[number]
+    shared = trial.user_attrs.get(WEIGHTS_ATTR) if trial.number == number else None
+    if shared is None:
+        return False
+    model.parent.mkdir(parents=True, exist_ok=True)
+    model.write_bytes(base64.b64decode(shared))
+    return True
 
 
 def skip_trial(study: optuna.Study, trial: optuna.Trial) -> None:

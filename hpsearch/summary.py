@@ -46,6 +46,8 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
         "epochs_run": outcome.epochs_run,
         "seconds": round(outcome.seconds, 3),
         "stack": outcome.stack,
+        "resumed_from": outcome.resumed_from,
+        "resumed_epoch": outcome.resumed_epoch,
     }
 
 
@@ -92,7 +94,10 @@ def build_summary(
     diagnosis: dict[str, Any] | None = None,
     wall_seconds: float | None = None,
     study: str | None = None,
+    weights: str | None = None,
 ) -> dict[str, Any]:
+    """The summary's dictionary. `weights` says where the best trial's scored weights came
+    from (see objective.FinalEvaluation), when it was scored."""
     counts = Counter(o.state for o in outcomes)
     best = best_outcome(spec, outcomes)
     best_entry = None
@@ -103,6 +108,8 @@ def build_summary(
             "value": best.value,
             "metrics": {**best.metrics, **(test_metrics or {})},
         }
+        if weights is not None:
+            best_entry["weights"] = weights
     search = spec.search
     failed = (o for o in outcomes if o.state == TrialState.FAILED)
     return {
@@ -139,12 +146,13 @@ def write_summary(
     """Rewrite summary.json. With the best trial's `final` evaluation (and the `data` it was
     scored on), the summary carries its test metrics and the diagnosis."""
     best = best_outcome(spec, outcomes)
-    test_metrics, diagnosis = None, None
+    test_metrics, diagnosis, weights = None, None, None
     if best is not None and final is not None and data is not None:
-        test_metrics = final.test
+        test_metrics, weights = final.test, final.weights
         diagnosis = diagnosis_for(spec, data, best, final)
+    wall = time.perf_counter() - started
     summary = build_summary(
-        run, spec, outcomes, state, test_metrics, diagnosis, time.perf_counter() - started, study
+        run, spec, outcomes, state, test_metrics, diagnosis, wall, study, weights
     )
     write_json(run.summary, summary)
     return summary

@@ -23,7 +23,7 @@ import optuna
 import torch
 
 from hpsearch.data import Dataset
-from hpsearch.objective import run_stack
+from hpsearch.objective import TrialJob, job_for, resume_position, resume_state, run_stack
 from hpsearch.outcome import TrialOutcome
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
 from hpsearch.rounds import Proposal
@@ -31,16 +31,20 @@ from hpsearch.runs import RunFolder
 from hpsearch.space import Param, apply_params, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, Spec
 from hpsearch.stacked import shape_key, stack_size
-from hpsearch.strategies import make_pruner, make_sampler
+from hpsearch.strategies import ask_next, make_pruner, make_sampler
 from hpsearch.study import (
+    beats_the_study,
     budget_lock,
     budget_used,
     fail_stale,
     heartbeat,
+    is_database,
     mark_worker,
     open_storage,
     quiet_optuna,
     record_interrupted,
+    retried_number,
+    share_weights,
     skip_trial,
     tell_outcome,
 )
@@ -58,7 +62,6 @@ class WorkerTask:
     study_name: str
     params: list[Param]  # always the full space: refine rounds queue their points
     target: int  # stop once this many trials count against the budget
-    seed: int  # of this worker's sampler (rounds.sampler_seed)
     threads: int | None = None
     deadline: float | None = None  # time.time() after which no new trial starts
     review: Reviewer | None = None  # panda --interactive: shown each proposal first
@@ -106,7 +109,8 @@ def stack_for(search: SearchSpec, room: int, workers: int, database: bool) -> in
 
 class EpochReporter:
     """Each epoch of a group's trials goes to the live progress and, when the search prunes,
-    to that trial's pruner; True means the pruner stops the trial."""
+    to that trial in the study; once every member has reported an epoch, `judge` asks each
+    one's pruner (which then sees its stack peers at the same epoch)."""
 
     def __init__(self, group: list[Proposal], spec: Spec, progress: ProgressSink):
         self.trials = {trial.number: trial for trial, _ in group}
@@ -114,20 +118,34 @@ class EpochReporter:
         self.prune = spec.search is not None and spec.search.pruner != "none"
         self.progress = progress
 
-    def __call__(self, number: int, record: dict[str, Any]) -> bool:
+    def __call__(self, number: int, record: dict[str, Any]) -> None:
         self.progress.epoch(number, record)
-        if not self.prune or self.metric not in record or "event" in record:
-            return False
-        trial = self.trials[number]
-        trial.report(record[self.metric], record["epoch"])
-        return trial.should_prune()
+        self.report(number, record)
+
+    def report(self, number: int, record: dict[str, Any]) -> None:
+        if self.prune and self.metric in record and "event" not in record:
+            self.trials[number].report(record[self.metric], record["epoch"])
+
+    def judge(self, epoch: int, numbers: list[int]) -> list[int]:
+        return [n for n in numbers if self.trials[n].should_prune()]
 
 
-def shape_groups(spec: Spec, proposals: list[Proposal]) -> list[list[Proposal]]:
-    """Proposals split into groups that can train as one stack (first-seen order)."""
+def job_of(spec: Spec, trial: optuna.Trial, values: dict[str, Any]) -> TrialJob:
+    """What to train for `trial`: its configuration's seed, and for a retry the trial whose
+    checkpoint it continues."""
+    return job_for(spec, trial.number, values, resume_from=retried_number(trial))
+
+
+def shape_groups(spec: Spec, run: RunFolder, jobs: list[Proposal]) -> list[list[Proposal]]:
+    """Proposals split into groups that can train as one stack: the same shape, and the same
+    point to resume from (first-seen order)."""
     groups: dict[tuple, list[Proposal]] = {}
-    for trial, values in proposals:
-        groups.setdefault(shape_key(apply_params(spec, values)), []).append((trial, values))
+    for trial, values in jobs:
+        key = (
+            shape_key(apply_params(spec, values)),
+            resume_position(run, job_of(spec, trial, values)),
+        )
+        groups.setdefault(key, []).append((trial, values))
     return list(groups.values())
 
 
@@ -140,13 +158,17 @@ def train_group(
 ) -> list[tuple[optuna.Trial, TrialOutcome]]:
     """Train one group of same-shape trials (a stack, or a single trial)."""
     spec = task.spec
-    for trial, values in group:
-        progress.trial_started(trial.number, values, apply_params(spec, values).train.epochs)
     rescue = spec.search.mode == "panda" and spec.search.panda.rescue
-    proposals = [(trial.number, values) for trial, values in group]
+    jobs = [job_of(spec, trial, values) for trial, values in group]
     reporter = EpochReporter(group, spec, progress)
+    for (trial, values), job in zip(group, jobs, strict=True):
+        progress.trial_started(trial.number, values, apply_params(spec, values).train.epochs)
+        state, _ = resume_state(run, job)
+        for record in state["history"] if state else []:  # a retry's pruner sees its past
+            reporter.report(trial.number, record)
+    judge = reporter.judge if reporter.prune else None
     with heartbeat(storage, [trial for trial, _ in group]):
-        outcomes = run_stack(spec, task.data, run, proposals, reporter, rescue=rescue)
+        outcomes = run_stack(spec, task.data, run, jobs, reporter, judge, rescue=rescue)
     return [(trial, outcome) for (trial, _), outcome in zip(group, outcomes, strict=True)]
 
 
@@ -167,10 +189,11 @@ def trial_loop(
     study = optuna.load_study(
         study_name=task.study_name,
         storage=storage,
-        sampler=make_sampler(task.spec.search, task.seed),
-        pruner=make_pruner(task.spec.search),
+        sampler=make_sampler(task.spec.search, task.spec.seed),
+        pruner=make_pruner(task.spec.search, task.spec.train.epochs),
     )
     target = task.target
+    database = is_database(storage)
     while True:
         if run.stop_requested() or (task.deadline and time.time() >= task.deadline):
             return
@@ -179,7 +202,7 @@ def trial_loop(
             room = target - budget_used(study)
             if room <= 0:
                 return
-            trials = [study.ask() for _ in range(min(task.stack, room))]
+            trials = [ask_next(study) for _ in range(min(task.stack, room))]
         proposals = []
         for trial in trials:
             mark_worker(trial)
@@ -197,8 +220,11 @@ def trial_loop(
                 continue
         told: set[int] = set()
         try:
-            for group in shape_groups(task.spec, proposals):
+            for group in shape_groups(task.spec, run, proposals):
                 for trial, outcome in train_group(task, run, storage, group, progress):
+                    value = outcome.value
+                    if database and value is not None and beats_the_study(study, value):
+                        share_weights(trial, run.trial(trial.number).model)
                     tell_outcome(study, trial, outcome)
                     told.add(trial.number)
                     if on_finished is not None:
@@ -214,15 +240,17 @@ def trial_loop(
 # --- processes --------------------------------------------------------------------------------
 
 
-def _worker_main(task: WorkerTask) -> None:
-    """Entry point of a caviar worker process."""
-    if task.gpu is not None:
-        # Pin before CUDA starts (torch initializes it lazily): this worker sees one GPU.
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(task.gpu)
-        task = replace(task, spec=task.spec.model_copy(update={"device": "cuda"}))
-    if task.threads:
-        torch.set_num_threads(task.threads)
+def _worker_main(tasks: Any) -> None:
+    """Entry point of a caviar worker process: take a task from the planner's queue, work."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
     try:
+        task: WorkerTask = tasks.get()
+        if task.gpu is not None:
+            # Pin before CUDA starts (torch initializes it lazily): this worker sees one GPU.
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(task.gpu)
+            task = replace(task, spec=task.spec.model_copy(update={"device": "cuda"}))
+        if task.threads:
+            torch.set_num_threads(task.threads)
         with quiet_optuna():
             trial_loop(task, SilentProgress())
     except KeyboardInterrupt:
@@ -239,13 +267,20 @@ def run_processes(
     (report finished trials), `on_dead(pid)` once for a worker that died. On Ctrl-C the
     workers get STOP_GRACE seconds to record their trials as interrupted, then are killed."""
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(task,), name=f"hpsearch-worker-{w}")
-        for w, task in enumerate(tasks)
-    ]
-    for process in processes:
-        process.start()
+    # Tasks (with the data) go through a queue, fed by a background thread, rather than as
+    # the processes' arguments: a start then returns at once, so the workers import torch
+    # side by side instead of one after another, and a stop is never stuck in a start.
+    queue = context.Queue()
+    processes = []
     try:
+        for w in range(len(tasks)):
+            process = context.Process(
+                target=_worker_main, args=(queue,), name=f"hpsearch-worker-{w}"
+            )
+            processes.append(process)
+            process.start()
+        for task in tasks:
+            queue.put(task)
         noted: set[int] = set()
         while True:
             alive = [p for p in processes if p.is_alive()]
@@ -259,12 +294,14 @@ def run_processes(
                 return
             time.sleep(poll)
     except KeyboardInterrupt:
+        queue.cancel_join_thread()  # tasks not yet taken are dropped, not waited for
         stop_processes(processes)
         raise
 
 
 def stop_processes(processes: list) -> None:
     """Ctrl-C: let workers mark their trials interrupted (STOP_GRACE), then end them."""
+    processes = [p for p in processes if p.pid is not None]  # started
     for process in processes:
         if process.is_alive():
             os.kill(process.pid, signal.SIGINT)

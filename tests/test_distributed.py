@@ -107,9 +107,17 @@ def test_three_workers_share_a_twelve_trial_grid(tmp_path, database):
     machines = {(t.user_attrs["worker_host"], t.user_attrs["worker_pid"]) for t in done}
     assert len(machines) >= 2  # the workers really took trials
 
+    # the planner scored the selected model: its own, or the weights the study keeps
+    from hpsearch.runs import read_json
+
+    planner_run = next((tmp_path / "a").iterdir())
+    best = read_json(planner_run / "summary.json")["best"]
+    here = (planner_run / "trials" / str(best["trial"]) / "result.json").exists()
+    assert best["weights"] == ("local" if here else "fetched"), best
+    assert "test_error" in best["metrics"]
+
     # the database alone is enough for a report: trial outcomes, the best and its test error
     from hpsearch.engine import study_folder
-    from hpsearch.runs import read_json
 
     summary = read_json(study_folder(database, "grid12", tmp_path / "elsewhere").summary)
     assert summary["counts"]["complete"] == 12

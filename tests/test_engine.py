@@ -390,23 +390,19 @@ def test_out_of_memory_fails_only_that_trial(tmp_path, monkeypatch):
 
     import hpsearch.objective as objective
 
-    real_train = objective.train_model
-    calls = {"n": 0}
+    real_train = objective.train
+    calls = {"sizes": []}
 
-    def stack_out_of_memory(*args, **kwargs):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-
-    def flaky_train(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def flaky_train(members, *args, **kwargs):
+        calls["sizes"].append(len(members))
+        if len(members) > 1 or len(calls["sizes"]) == 3:  # the stack, then its second trial
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_train(*args, **kwargs)
+        return real_train(members, *args, **kwargs)
 
-    monkeypatch.setattr(objective, "train_stack", stack_out_of_memory)
-    monkeypatch.setattr(objective, "train_model", flaky_train)
+    monkeypatch.setattr(objective, "train", flaky_train)
     spec = lr_search(tmp_path, trials=3)
     summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
-    assert calls["n"] == 3  # the stack of 3 fell back to solo trainings
+    assert calls["sizes"] == [3, 1, 1, 1]  # the stack of 3 fell back to solo trainings
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 1}
     assert summary["failure_reasons"] == {"oom": 1}
     assert [t["stack"] for t in summary["trials"]] == [1, 1, 1]
@@ -500,3 +496,15 @@ def test_grid_refine_never_repeats_a_point(tmp_path):
     assert len(keys) == len(set(keys))
     rounds = read_json(result.run.root / "rounds.json")
     assert rounds[1]["space"]["train.lr"]["steps"] == 4  # denser inside the smaller box
+
+
+@pytest.mark.parametrize("pruner", ["median", "asha", "hyperband"])
+def test_pruners_prune_inside_stacks(tmp_path, pruner):
+    """Members of a stack reach each epoch together: they are judged against each other."""
+    space = {"train.lr": {"low": 1e-5, "high": 1e-1, "log": True}}
+    search = {"trials": 16, "workers": 1, "pruner": pruner, "space": space}
+    spec = spec_file(tmp_path, search, train={"epochs": 12, "early_stopping": None})
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert {t["stack"] for t in summary["trials"]} == {16}
+    assert summary["counts"]["pruned"] >= 4
+    assert summary["counts"]["complete"] >= 1

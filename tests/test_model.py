@@ -62,3 +62,73 @@ def test_dropout_only_in_training_mode():
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+# --- each init follows its documented distribution -------------------------------------------
+
+FAN = 256  # a square hidden layer: fan_in = fan_out, so the bounds are easy to state
+
+
+def hidden_weight(init: str, activation: str = "relu") -> torch.Tensor:
+    torch.manual_seed(1)
+    model = build_mlp(ModelSpec(hidden=[FAN, FAN], init=init, activation=activation), FAN, 2)
+    return model.hidden[1].linear.weight.detach().double().flatten()
+
+
+def kurtosis(w: torch.Tensor) -> float:
+    centred = w - w.mean()
+    return float((centred**4).mean() / (centred**2).mean() ** 2)
+
+
+def uniform_with_bound(w: torch.Tensor, bound: float) -> bool:
+    """Inside [-bound, bound], filling it (max near the bound), flat (kurtosis 1.8)."""
+    return bool(w.abs().max() <= bound) and w.abs().max() > 0.98 * bound and kurtosis(w) < 2.0
+
+
+def normal_with_std(w: torch.Tensor, std: float) -> bool:
+    return abs(float(w.std()) / std - 1) < 0.03 and abs(kurtosis(w) - 3.0) < 0.3
+
+
+CHECKS = {
+    "xavier_uniform": lambda w: uniform_with_bound(w, (6 / (2 * FAN)) ** 0.5),
+    "xavier_normal": lambda w: normal_with_std(w, (2 / (2 * FAN)) ** 0.5),
+    # relu's gain sqrt(2), fan_in mode
+    "kaiming_uniform": lambda w: uniform_with_bound(w, (2**0.5) * (3 / FAN) ** 0.5),
+    "kaiming_normal": lambda w: normal_with_std(w, (2 / FAN) ** 0.5),
+    "orthogonal": lambda w: torch.allclose(
+        w.view(FAN, FAN) @ w.view(FAN, FAN).T, torch.eye(FAN, dtype=torch.float64), atol=1e-5
+    ),
+}
+
+
+@pytest.mark.parametrize("init", list(CHECKS))
+def test_each_init_follows_its_distribution_and_torch_default_does_not(init):
+    assert CHECKS[init](hidden_weight(init))
+    assert not CHECKS[init](hidden_weight("default"))
+
+
+def test_kaiming_uses_the_gain_of_its_activation():
+    relu, tanh = hidden_weight("kaiming_normal", "relu"), hidden_weight("kaiming_normal", "tanh")
+    assert normal_with_std(relu, (2 / FAN) ** 0.5)
+    assert normal_with_std(tanh, (1 / FAN) ** 0.5)  # no rectifier: gain 1 ("linear")
+
+
+# --- residual connections ---------------------------------------------------------------------
+
+
+def test_a_residual_block_adds_its_input():
+    spec = ModelSpec(hidden=[8, 8], residual=True)
+    torch.manual_seed(0)
+    with_skip = build_mlp(spec, 8, 2)
+    torch.manual_seed(0)
+    plain = build_mlp(spec.model_copy(update={"residual": False}), 8, 2)
+    x = torch.randn(5, 8)
+    for skip, block in zip(with_skip.hidden, plain.hidden, strict=True):
+        assert skip.residual and not block.residual
+        assert torch.allclose(skip(x), x + block(x))
+    assert not torch.allclose(with_skip(x), plain(x))
+
+
+def test_no_skip_where_widths_differ():
+    model = build_mlp(ModelSpec(hidden=[8, 4], residual=True), 8, 2)
+    assert [block.residual for block in model.hidden] == [True, False]

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from hpsearch.cli import app
 from hpsearch.data import load_dataset
-from hpsearch.objective import trial_seed
+from hpsearch.objective import configuration_seed
 from hpsearch.spec import load_spec
 from hpsearch.train import train_model
 from tests.conftest import CONFIGS
@@ -26,7 +26,7 @@ def quickstart():
 def single_trial_accuracy(quickstart):
     spec, data = quickstart
     single = spec.model_copy(update={"search": None})
-    return train_model(single, data, trial_seed(spec.seed, 0)).metrics["dev_accuracy"]
+    return train_model(single, data, configuration_seed(spec.seed, {})).metrics["dev_accuracy"]
 
 
 def test_single_model_matches_sklearn_mlp_defaults(quickstart, single_trial_accuracy):

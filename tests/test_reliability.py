@@ -17,6 +17,7 @@ import hpsearch.stacked as stacked
 import hpsearch.train as train
 from hpsearch.engine import RunOptions, run_spec
 from hpsearch.progress import SilentProgress
+from hpsearch.runs import read_json
 from tests.test_engine import SLOW_SEARCH, _running_trial_folders, _wait_for, spec_file, states
 
 
@@ -31,72 +32,74 @@ def run_with_fault(tmp_path, monkeypatch, fault, trials=4, **search):
             **search,
         },
     )
-    fault(monkeypatch)
+    fault(monkeypatch, tmp_path / "runs")
     result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
     assert "RUNNING" not in states(result.run.root)
     return result.summary
 
 
-TRIAL_ONE = objective.trial_seed(0, 1)  # the spec's seed is 0; trial 1 meets the fault
+def victim_seed(runs: Path) -> int | None:
+    """The seed trial 1 trains with (its params.json is written before it trains)."""
+    found = list(runs.glob("*/trials/1/params.json"))
+    return read_json(found[0])["seed"] if found else None
 
 
 def raising_in_trial_one(exc: BaseException):
-    """A fault: training trial 1 raises `exc`; the other trials train as usual."""
+    """A fault: training trial 1 raises `exc` (and so does a stack it is in, whose trials are
+    then retried one at a time); the other trials train as usual."""
 
-    def fault(monkeypatch):
-        real = objective.train_model
+    def fault(monkeypatch, runs):
+        real = objective.train
 
-        def train_model(spec, data, seed, **kwargs):
-            if seed == TRIAL_ONE:
+        def faulty(members, data, hooks=None, device=None):
+            if victim_seed(runs) in [m.seed for m in members]:
                 raise exc
-            return real(spec, data, seed, **kwargs)
+            return real(members, data, hooks, device)
 
-        def train_stack(specs, data, seeds, *args, **kwargs):
-            if TRIAL_ONE in seeds:  # the stack fails; its trials are retried one at a time
-                raise exc
-            return real_stack(specs, data, seeds, *args, **kwargs)
-
-        real_stack = objective.train_stack
-        monkeypatch.setattr(objective, "train_model", train_model)
-        monkeypatch.setattr(objective, "train_stack", train_stack)
+        monkeypatch.setattr(objective, "train", faulty)
 
     return fault
 
 
 def loss_in_trial_one(factor: float):
-    """A fault: trial 1's losses are multiplied by inf or nan (torch is seeded per trial)."""
+    """A fault: trial 1's training losses are multiplied by inf or nan, alone or as a member
+    of a stack (its rows of the stack's losses, while it is in the stack)."""
 
-    def fault(monkeypatch):
-        real = train.example_losses
+    def fault(monkeypatch, runs):
+        real_train, real_losses = train.train, train.example_losses
+        where = {"position": None, "size": 0, "members": 0}
 
-        def losses(loss, outputs, y, task):
-            values = real(loss, outputs, y, task)
-            return values * factor if torch.initial_seed() == TRIAL_ONE else values
+        def watching(members, data, hooks=None, device=None):
+            seeds = [m.seed for m in members]
+            victim = victim_seed(runs)
+            where.update(position=seeds.index(victim) if victim in seeds else None)
+            where.update(size=len(members))
+            return real_train(members, data, hooks, device)
 
         forward = stacked.StackedMLP.__call__
-        members = {"count": 0}
 
         def counting_forward(self, x):
-            members["count"] = self.members
+            where["members"] = self.members
             return forward(self, x)
 
-        def stacked_losses(loss, outputs, y, task):
-            # a stack computes every member's losses in one call, member after member; trials
-            # 0-3 are asked together, so trial 1 is the second member until it leaves
-            values = real(loss, outputs, y, task)
-            if members["count"] != 4:
+        def losses(loss, outputs, y, task):
+            values = real_losses(loss, outputs, y, task)
+            training = not torch.is_inference_mode_enabled()
+            if not training or where["position"] is None or where["members"] != where["size"]:
                 return values
-            rows = values.view(4, -1)
-            return torch.cat([rows[0], rows[1] * factor, rows[2:].reshape(-1)])
+            rows = values.view(where["size"], -1).clone()
+            rows[where["position"]] = rows[where["position"]] * factor
+            return rows.reshape(-1)
 
+        monkeypatch.setattr(train, "train", watching)
+        monkeypatch.setattr(objective, "train", watching)
         monkeypatch.setattr(train, "example_losses", losses)
-        monkeypatch.setattr(stacked, "example_losses", stacked_losses)
         monkeypatch.setattr(stacked.StackedMLP, "__call__", counting_forward)
 
     return fault
 
 
-def fault_disk(monkeypatch):
+def fault_disk(monkeypatch, runs):
     real = objective.write_json
 
     def write(path, payload):

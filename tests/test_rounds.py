@@ -13,7 +13,6 @@ from hpsearch.rounds import (
     plan_round,
     round_budgets,
     round_count,
-    sampler_seed,
     split_budget,
     total_budget,
     unseen,
@@ -39,19 +38,6 @@ def test_total_budget_of_a_grid_is_its_planned_size():
     assert total_budget(search(strategy="grid"), planned_target=12) == 12
     assert total_budget(search(strategy="grid", trials=5), planned_target=12) == 5
     assert total_budget(search(strategy="tpe")) == DEFAULT_TRIALS
-
-
-def test_sampler_seeds_differ_by_worker_round_and_resume():
-    seeds = {
-        sampler_seed(0, r, w, n, i)
-        for r in range(3)
-        for w in range(3)
-        for n in (0, 5)
-        for i in (0, 1234567)
-    }
-    assert len(seeds) == 3 * 3 * 2 * 2
-    assert sampler_seed(1, 0) != sampler_seed(0, 0)
-    assert all(0 <= s < 2**32 for s in seeds)
 
 
 SPACE = {

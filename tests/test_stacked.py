@@ -1,4 +1,5 @@
-"""Stacked training: each member ends where the same trial trained alone ends."""
+"""The one loop: a solo trial matches a plain torch loop, and each member of a stack ends where
+the same trial trained alone ends."""
 
 import math
 
@@ -8,9 +9,10 @@ from conftest import make_spec
 
 from hpsearch.data import load_dataset
 from hpsearch.errors import InputError
-from hpsearch.stacked import AUTO_STACK, shape_key, stack_size, train_stack
+from hpsearch.stacked import AUTO_STACK, shape_key, stack_size
 from hpsearch.strategies import check_strategy
-from hpsearch.train import train_model
+from hpsearch.train import Member, TrainHooks, train
+from tests.reference import reference_train
 
 TOLERANCE = 1e-4
 
@@ -40,30 +42,63 @@ def largest_difference(a, b) -> float:
     return max(gaps)
 
 
+def alone(spec, data, seed):
+    (result,) = train([Member(spec, seed)], data)
+    return result
+
+
+def together(specs, data, seeds, hooks=None):
+    return train([Member(s, n) for s, n in zip(specs, seeds, strict=True)], data, hooks)
+
+
+def assert_same(result, expected):
+    assert (result.state, result.reason) == (expected.state, expected.reason)
+    assert (result.epochs_run, result.best_epoch) == (expected.epochs_run, expected.best_epoch)
+    assert result.stopped_early == expected.stopped_early
+    if expected.state != "failed":
+        assert largest_difference(result, expected) < TOLERANCE
+
+
 def assert_same_as_alone(specs, data, seeds=SEEDS):
-    stacked = train_stack(specs, data, seeds)
+    stacked = together(specs, data, seeds)
     for spec, seed, member in zip(specs, seeds, stacked, strict=True):
-        alone = train_model(spec, data, seed)
-        assert (member.state, member.reason) == (alone.state, alone.reason)
-        assert (member.epochs_run, member.best_epoch) == (alone.epochs_run, alone.best_epoch)
-        assert member.stopped_early == alone.stopped_early
-        if alone.state != "failed":
-            assert largest_difference(member, alone) < TOLERANCE
+        assert_same(member, alone(spec, data, seed))
     return stacked
+
+
+# --- the one loop against a plain torch loop ------------------------------------------------
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"])
 @pytest.mark.parametrize("norm", ["none", "layer"])
-def test_members_match_solo_trials(iris_data, optimizer, norm):
-    specs = member_specs(model={"norm": norm, "residual": True}, optimizer=optimizer)
-    assert_same_as_alone(specs, iris_data)
+def test_the_loop_matches_plain_torch(iris_data, optimizer, norm):
+    specs = member_specs({"norm": norm, "residual": True}, optimizer=optimizer)
+    for spec, seed in zip(specs, SEEDS, strict=True):
+        assert_same(alone(spec, iris_data, seed), reference_train(spec, iris_data, seed))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])
-def test_batch_norm_members_match_solo_trials(iris_data, optimizer):
+def test_the_loop_matches_plain_torch_with_batch_norm(iris_data, optimizer):
     # (Adaptive optimizers are left out here: they scale the near-zero gradient of a bias that
-    # batch norm cancels up to full steps, so float rounding decides its sign, alone or not.)
-    specs = member_specs(model={"norm": "batch"}, optimizer=optimizer)
+    # batch norm cancels up to full steps, so float rounding decides its sign.)
+    specs = member_specs({"norm": "batch"}, optimizer=optimizer)
+    for spec, seed in zip(specs, SEEDS, strict=True):
+        assert_same(alone(spec, iris_data, seed), reference_train(spec, iris_data, seed))
+
+
+def test_the_loop_matches_plain_torch_on_regression():
+    spec = make_spec(data={"source": "sklearn:diabetes"}, train={"lr": 0.01, "epochs": 8})
+    data = load_dataset(spec.data, seed=0)
+    assert_same(alone(spec, data, 4), reference_train(spec, data, 4))
+
+
+# --- a member trains as it would alone ------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw"])
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_members_match_solo_trials(iris_data, optimizer, norm):
+    specs = member_specs(model={"norm": norm, "residual": True}, optimizer=optimizer)
     assert_same_as_alone(specs, iris_data)
 
 
@@ -77,27 +112,19 @@ def test_regression_members_match(tmp_path):
     assert_same_as_alone(specs, data, SEEDS[:2])
 
 
-def test_stack_of_one_is_exactly_the_solo_loop(iris_data):
-    (spec,) = member_specs(members=MEMBERS[:1])
-    (member,) = train_stack([spec], iris_data, [5])
-    alone = train_model(spec, iris_data, 5)
-    assert member.history == [
-        {**r, "seconds": m["seconds"]} for r, m in zip(alone.history, member.history, strict=True)
-    ]
-    for key, value in alone.model.state_dict().items():
-        assert torch.equal(member.model.state_dict()[key], value)
+def with_dropout(spec, rate):
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"dropout": rate})})
 
 
-def test_dropout_of_one_member_leaves_the_others_exact(iris_data):
-    members = [{**MEMBERS[0]}, {**MEMBERS[1]}]
-    specs = member_specs(members=members)
-    specs[1] = specs[1].model_copy(
-        update={"model": specs[1].model.model_copy(update={"dropout": 0.5})}
-    )
-    (plain, dropped) = train_stack(specs, iris_data, SEEDS[:2])
-    alone = train_model(specs[0], iris_data, SEEDS[0])
-    assert largest_difference(plain, alone) < TOLERANCE
-    assert dropped.state == "complete"
+def test_dropout_depends_on_the_member_alone(iris_data):
+    """Dropout masks come from each member's own generator: alone, in a stack, or beside
+    other neighbours, a member ends the same."""
+    specs = member_specs()
+    specs = [with_dropout(specs[0], 0.3), with_dropout(specs[1], 0.5), specs[2]]
+    stacked = assert_same_as_alone(specs, iris_data)
+    other_neighbours = together([specs[2], specs[0]], iris_data, [99, SEEDS[0]])
+    assert largest_difference(other_neighbours[1], stacked[0]) < TOLERANCE
+    assert largest_difference(stacked[0], alone(specs[0], iris_data, SEEDS[0] + 1)) > 1e-3
 
 
 def test_each_member_stops_early_on_its_own(iris_data):
@@ -125,7 +152,7 @@ def test_a_diverging_member_fails_alone(iris_data):
 def test_members_with_different_learning_rates_end_apart(iris_data):
     members = [{"lr": 0.001}, {"lr": 0.001}, {"lr": 0.05}]
     specs = member_specs(members=members, early_stopping=None)
-    same_a, same_b, fast = train_stack(specs, iris_data, [7, 7, 7])
+    same_a, same_b, fast = together(specs, iris_data, [7, 7, 7])
     weight = "hidden.0.linear.weight"
     assert torch.equal(same_a.model.state_dict()[weight], same_b.model.state_dict()[weight])
     gap = (same_a.model.state_dict()[weight] - fast.model.state_dict()[weight]).abs().max()
@@ -136,18 +163,18 @@ def test_members_with_different_learning_rates_end_apart(iris_data):
 def test_a_pruned_member_leaves_while_the_others_go_on(iris_data):
     specs = member_specs(early_stopping=None)
     seen: list[list[int]] = [[], [], []]
+    asked: list[tuple[int, list[int]]] = []
 
-    def callback(position):
-        def on_epoch(record):
-            seen[position].append(record["epoch"])
-            return position == 1 and record["epoch"] == 3
+    def prune(epoch, judged):
+        asked.append((epoch, list(judged)))
+        return [1] if epoch == 3 else []
 
-        return on_epoch
-
-    results = train_stack(specs, iris_data, SEEDS, [callback(i) for i in range(3)])
+    hooks = TrainHooks(on_epoch=lambda k, record: seen[k].append(record["epoch"]), prune=prune)
+    results = together(specs, iris_data, SEEDS, hooks)
     assert [r.state for r in results] == ["complete", "pruned", "complete"]
     assert seen[1] == [1, 2, 3] and seen[0] == list(range(1, 11))
     assert results[1].epochs_run == 3 and results[1].metrics
+    assert asked[2] == (3, [0, 1, 2]) and asked[3] == (4, [0, 2])  # once per epoch, all at once
 
 
 def test_shape_key_separates_what_cannot_share_a_stack():
@@ -158,7 +185,7 @@ def test_shape_key_separates_what_cannot_share_a_stack():
     assert shape_key(base) != shape_key(make_spec(train={"batch_size": 32}))
     assert shape_key(base) != shape_key(make_spec(train={"optimizer": "sgd"}))
     with pytest.raises(ValueError, match="one shape"):
-        train_stack([base, make_spec(model={"hidden": [32]})], None, [0, 1])
+        together([base, make_spec(model={"hidden": [32]})], None, [0, 1])
 
 
 def test_stack_size_follows_strategy_and_mode():

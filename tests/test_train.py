@@ -6,17 +6,22 @@ import torch
 from sklearn.metrics import f1_score, precision_score, r2_score, recall_score
 
 from hpsearch.errors import InputError
+from hpsearch.model import build_mlp
 from hpsearch.space import apply_params
+from hpsearch.stacked import StackedMLP, column, penalties
 from hpsearch.train import (
+    Member,
+    TrainHooks,
     classification_metrics,
     example_losses,
     regression_metrics,
     resolve_loss,
     scheduled_lr,
+    train,
     train_model,
-    weight_penalty,
     weighted_mean,
 )
+from tests.conftest import make_spec
 
 # The lecture's worked example: predictions y_hat against labels y.
 Y_HAT = torch.tensor([0.78, 0.89, 0.12, 0.08, 0.97], dtype=torch.float64)
@@ -64,17 +69,21 @@ def test_weighted_cost_is_sum_s_l_over_sum_s():
 
 
 def test_l2_penalty_is_lambda_over_2m_frobenius():
-    layer = torch.nn.Linear(2, 2)
+    spec = make_spec(model={"hidden": [2]})
+    model = build_mlp(spec.model, 2, 1)
     with torch.no_grad():
-        layer.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-        layer.bias.fill_(100.0)  # biases are not penalized
-    model = torch.nn.Sequential(layer)
-    assert float(weight_penalty(model, l1=0.0, l2=0.5, m=10).detach()) == pytest.approx(
-        0.5 / 20 * 30
-    )
-    assert float(weight_penalty(model, l1=0.1, l2=0.0, m=10).detach()) == pytest.approx(
-        0.1 / 10 * 10
-    )
+        model.hidden[0].linear.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        model.output.weight.copy_(torch.tensor([[-1.0, 1.0]]))
+        for bias in (model.hidden[0].linear.bias, model.output.bias):
+            bias.fill_(100.0)  # biases are not penalized
+    stack = StackedMLP([model], spec, [0.0], [0])
+    cpu = torch.device("cpu")
+
+    def penalty(l1, l2):
+        return penalties(stack, column([l1], cpu), column([l2], cpu), m=10).item()
+
+    assert penalty(l1=0.0, l2=0.5) == pytest.approx(0.5 / 20 * (30 + 2))
+    assert penalty(l1=0.1, l2=0.0) == pytest.approx(0.1 / 10 * (10 + 2))
 
 
 def test_lr_schedules():
@@ -172,3 +181,183 @@ def test_rescue_rolls_back_and_cuts_lr_once(iris_data):
         r["lr"] for r in result.history if "event" not in r and r["epoch"] > events[0]["epoch"]
     ]
     assert after and all(lr == pytest.approx(3.0) for lr in after)
+
+
+# --- checkpoints: stop anywhere, go on exactly -----------------------------------------------
+
+
+def _stop_after(batches: int):
+    """Hooks that collect every member's state after each batch and stop after `batches`."""
+    seen = {"batches": 0}
+    states: dict[int, list] = {}
+
+    def stop_requested():
+        seen["batches"] += 1
+        return seen["batches"] >= batches
+
+    def checkpoint(k, state):
+        states.setdefault(k, []).append(state)
+
+    hooks = TrainHooks(checkpoint=checkpoint, checkpoint_seconds=0.0, stop_requested=stop_requested)
+    return hooks, states
+
+
+def _same_training(a, b):
+    assert (a.state, a.epochs_run, a.best_epoch, a.stopped_early) == (
+        b.state,
+        b.epochs_run,
+        b.best_epoch,
+        b.stopped_early,
+    )
+    for key, value in a.model.state_dict().items():
+        assert (value.double() - b.model.state_dict()[key].double()).abs().max() < 1e-5
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history]
+
+
+@pytest.mark.parametrize("stop_at", [1, 7, 23, 33])
+def test_a_stopped_stack_resumes_exactly(iris_data, stop_at):
+    """Stopped after any batch (mid-epoch too) and resumed from the saved state, each member
+    ends exactly where the uninterrupted run ends: weights, optimizer moments, dropout
+    generators, batch-norm statistics and early stopping all travel in the checkpoint."""
+    specs = [
+        make_spec(
+            model={"hidden": [16, 8], "dropout": rate, "norm": norm},
+            train={"optimizer": opt, "lr": 0.01, "epochs": 6, "early_stopping": {"patience": 2}},
+        )
+        for rate, norm, opt in (
+            (0.3, "batch", "adam"),
+            (0.0, "batch", "adam"),
+            (0.5, "batch", "adam"),
+        )
+    ]
+    members = [Member(spec, seed) for spec, seed in zip(specs, (1, 2, 3), strict=True)]
+    whole = train(members, iris_data)
+    hooks, states = _stop_after(stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(members, iris_data, hooks)
+    resumed = [Member(m.spec, m.seed, states[k][-1]) for k, m in enumerate(members)]
+    assert {m.position for m in resumed} == {resumed[0].position} != {(0, 0)}
+    for again, expected in zip(train(resumed, iris_data), whole, strict=True):
+        _same_training(again, expected)
+
+
+def test_a_member_resumes_alone_as_it_would_have_gone_on_in_its_stack(iris_data):
+    spec = make_spec(model={"hidden": [16], "dropout": 0.2}, train={"epochs": 5})
+    other = make_spec(model={"hidden": [16], "dropout": 0.4}, train={"epochs": 5, "lr": 0.05})
+    members = [Member(spec, 1), Member(other, 2)]
+    whole = train(members, iris_data)
+    hooks, states = _stop_after(12)
+    with pytest.raises(KeyboardInterrupt):
+        train(members, iris_data, hooks)
+    (alone,) = train([Member(spec, 1, states[0][-1])], iris_data)
+    _same_training(alone, whole[0])
+
+
+def test_checkpoints_are_taken_at_most_every_interval(iris_data):
+    saved = []
+    hooks = TrainHooks(checkpoint=lambda k, state: saved.append(state), checkpoint_seconds=3600)
+    train([Member(make_spec(train={"epochs": 3}), 0)], iris_data, hooks)
+    assert saved == []
+    hooks = TrainHooks(checkpoint=lambda k, state: saved.append(state), checkpoint_seconds=0)
+    train([Member(make_spec(train={"epochs": 3}), 0)], iris_data, hooks)
+    assert len(saved) == 3 * 6  # every batch: 90 rows in batches of 16
+    assert [(s["epoch"], s["batch"]) for s in saved[:7]] == [(0, b) for b in range(1, 7)] + [(1, 1)]
+
+
+def test_members_from_different_positions_cannot_share_a_stack(iris_data):
+    hooks, states = _stop_after(3)
+    spec = make_spec(train={"epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train([Member(spec, 0)], iris_data, hooks)
+    with pytest.raises(ValueError, match="resume from the same epoch"):
+        train([Member(spec, 0, states[0][-1]), Member(spec, 1)], iris_data)
+
+
+# --- panda's rescue: on a plateau, never on an epoch that improved --------------------------
+
+
+def _plateau_rescues(data, seed, lr):
+    """(dev loss of the epoch a plateau rescue followed, best dev loss before it), each."""
+    spec = make_spec(train={"lr": lr, "epochs": 40, "early_stopping": {"patience": 4}})
+    result = train_model(spec, data, seed, rescue=True)
+    records = result.history
+    found = []
+    for i, record in enumerate(records):
+        if record.get("event") == "rescue" and record["reason"] == "plateau":
+            epochs = [r for r in records[:i] if "event" not in r]
+            *before, this = epochs
+            found.append((this["dev_loss"], min(r["dev_loss"] for r in before)))
+    return found
+
+
+def test_a_plateau_rescue_never_follows_an_epoch_that_improved(iris_data):
+    rescues = [
+        r for seed in range(6) for lr in (0.1, 0.03) for r in _plateau_rescues(iris_data, seed, lr)
+    ]
+    assert rescues, "no plateau rescue happened: the test would prove nothing"
+    for dev_loss, best_before in rescues:
+        assert dev_loss >= best_before  # this epoch did not improve on the best
+
+
+def test_a_plateau_rescue_rolls_back_and_cuts_the_rate(iris_data):
+    spec = make_spec(train={"lr": 0.1, "epochs": 40, "early_stopping": {"patience": 4}})
+    seed = next(s for s in range(6) if _plateau_rescues(iris_data, s, 0.1))
+    result = train_model(spec, iris_data, seed, rescue=True)
+    (event,) = [r for r in result.history if "event" in r]
+    assert event["reason"] == "plateau" and event["lr"] == pytest.approx(0.01)
+    later = [r["lr"] for r in result.history if "event" not in r and r["epoch"] > event["epoch"]]
+    assert later and all(lr == pytest.approx(0.01) for lr in later)
+
+
+# --- gradient clipping and strengthening factors change training -----------------------------
+
+
+def _one_step(iris_data, clip):
+    """One SGD step at lr 1 over the whole train split: the weights move by the gradient."""
+    spec = make_spec(
+        train={
+            "optimizer": "sgd",
+            "lr": 1.0,
+            "epochs": 1,
+            "batch_size": 1000,
+            "grad_clip": clip,
+            "early_stopping": None,
+        }
+    )
+    torch.manual_seed(3)
+    start = build_mlp(spec.model, iris_data.n_features, iris_data.n_outputs).state_dict()
+    end = train_model(spec, iris_data, seed=3).model.state_dict()
+    return sum(float((end[k] - start[k]).pow(2).sum()) for k in start) ** 0.5
+
+
+def test_clipping_bounds_the_applied_gradient(iris_data):
+    free = _one_step(iris_data, None)
+    assert free > 0.05  # the clip below binds
+    assert _one_step(iris_data, 0.05) == pytest.approx(0.05, rel=1e-3)
+    assert _one_step(iris_data, 10 * free) == pytest.approx(free, rel=1e-5)  # a loose clip: no-op
+
+
+def _with_train_weights(data, weight):
+    from dataclasses import replace
+
+    train = replace(data.splits["train"], weight=weight)
+    return replace(data, splits={**data.splits, "train": train})
+
+
+def test_strengthening_factors_change_training_and_uniform_ones_do_not(iris_data):
+    import numpy as np
+
+    spec = make_spec(train={"epochs": 5, "early_stopping": None})
+    n = len(iris_data.splits["train"])
+    plain = train_model(spec, iris_data, seed=0)
+    uniform = train_model(spec, _with_train_weights(iris_data, np.full(n, 3.0, "float32")), 0)
+    skewed_weights = np.where(iris_data.splits["train"].y == 0, 5.0, 1.0).astype("float32")
+    skewed = train_model(spec, _with_train_weights(iris_data, skewed_weights), seed=0)
+    weight = "hidden.0.linear.weight"
+    assert torch.allclose(
+        plain.model.state_dict()[weight], uniform.model.state_dict()[weight], atol=1e-5
+    )
+    gap = (plain.model.state_dict()[weight] - skewed.model.state_dict()[weight]).abs().max()
+    assert gap > 1e-3
+    assert "train_weighted_error" in skewed.history[0]

@@ -3,6 +3,8 @@
 import optuna
 import torch
 
+from hpsearch.objective import save_checkpoint
+from hpsearch.runs import RunFolder
 from hpsearch.spec import SearchSpec
 from hpsearch.workers import EpochReporter, pinned_gpu, shape_groups, stack_for, worker_count
 from tests.conftest import make_spec
@@ -34,12 +36,23 @@ def test_a_worker_takes_at_most_its_share_of_a_round():
     assert stack_for(SearchSpec(strategy="tpe"), room=12, workers=1, database=False) == 1
 
 
-def test_shape_groups_keep_first_seen_order():
+def test_shape_groups_keep_first_seen_order(tmp_path):
     spec = make_spec(search={"space": {"model.hidden": {"choices": [[8], [16]]}}})
     study = optuna.create_study()
     values = [{"model.hidden": [8]}, {"model.hidden": [16]}, {"model.hidden": [8]}]
     proposals = [(study.ask(), v) for v in values]
-    groups = shape_groups(spec, proposals)
+    groups = shape_groups(spec, RunFolder(tmp_path), proposals)
+    assert [[t.number for t, _ in g] for g in groups] == [[0, 2], [1]]
+
+
+def test_trials_resuming_from_different_epochs_train_apart(tmp_path):
+    spec = make_spec(search={"space": {"train.lr": {"low": 0.001, "high": 0.1}}})
+    run = RunFolder(tmp_path)
+    study = optuna.create_study()
+    proposals = [(study.ask(), {"train.lr": lr}) for lr in (0.01, 0.02, 0.03)]
+    run.trial(1).root.mkdir(parents=True)
+    save_checkpoint(run.trial(1), {"epoch": 3, "batch": 0, "history": []})
+    groups = shape_groups(spec, run, proposals)
     assert [[t.number for t, _ in g] for g in groups] == [[0, 2], [1]]
 
 
@@ -59,9 +72,11 @@ def test_epoch_reports_reach_progress_and_the_pruner():
     trial = study.ask()
     progress = Recorder()
     reporter = EpochReporter([(trial, {})], spec, progress)
-    assert reporter(trial.number, {"epoch": 1, "dev_error": 0.2}) is False
-    assert reporter(trial.number, {"epoch": 2, "event": "rescue"}) is False  # not a metric
-    assert reporter(trial.number, {"epoch": 3, "dev_error": 0.9}) is True
+    reporter(trial.number, {"epoch": 1, "dev_error": 0.2})
+    assert reporter.judge(1, [trial.number]) == []
+    reporter(trial.number, {"epoch": 2, "event": "rescue"})  # not a metric
+    reporter(trial.number, {"epoch": 3, "dev_error": 0.9})
+    assert reporter.judge(3, [trial.number]) == [trial.number]
     assert progress.epochs == [(0, 1), (0, 2), (0, 3)]
     assert study.trials[0].intermediate_values == {1: 0.2, 3: 0.9}
 
@@ -71,5 +86,6 @@ def test_without_a_pruner_nothing_is_reported_to_the_study():
     study = optuna.create_study()
     trial = study.ask()
     reporter = EpochReporter([(trial, {})], spec, Recorder())
-    assert reporter(trial.number, {"epoch": 1, "dev_error": 0.9}) is False
+    reporter(trial.number, {"epoch": 1, "dev_error": 0.9})
+    assert not reporter.prune
     assert study.trials[0].intermediate_values == {}
