@@ -25,6 +25,7 @@ import yaml
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import InputError
+from hpsearch.metrics import check_objective_metric, resolve_loss
 from hpsearch.objective import (
     Rerun,
     job_for,
@@ -64,7 +65,7 @@ from hpsearch.study import (
     study_outcomes,
 )
 from hpsearch.summary import best_outcome, build_summary, write_summary
-from hpsearch.train import check_objective_metric, resolve_device, resolve_loss
+from hpsearch.train import resolve_device
 
 
 class Interrupted(Exception):

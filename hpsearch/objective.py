@@ -24,20 +24,13 @@ import torch
 
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
+from hpsearch.metrics import prefixed, score_split
 from hpsearch.model import build_mlp
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, TrialFolder, append_jsonl, read_json, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
-from hpsearch.train import (
-    Member,
-    TrainHooks,
-    TrainResult,
-    prefixed,
-    resolve_device,
-    score_split,
-    train,
-)
+from hpsearch.train import Member, TrainHooks, TrainResult, resolve_device, train
 
 # Told each epoch's record of trial `number` (and rescue events).
 TrialCallback = Callable[[int, dict[str, Any]], None]

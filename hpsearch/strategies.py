@@ -44,6 +44,16 @@ class SeededProposals(BaseSampler):
         self._seed = seed
         self.next_proposal = 0
         self._by_trial: dict[int, BaseSampler] = {}
+        self._seen = 0  # trials counted so far (a trial's proposal number never changes)
+        self._proposals = 0  # proposals among them
+
+    def count_proposals(self, trials: list[FrozenTrial]) -> int:
+        """How many of `trials` (the study's, in order) were sampled proposals; only trials not
+        seen before are looked at, so asking does not grow with the study."""
+        for trial in trials[self._seen :]:
+            self._proposals += PROPOSAL_ATTR in trial.user_attrs
+        self._seen = len(trials)
+        return self._proposals
 
     def _for(self, trial: FrozenTrial) -> BaseSampler:
         sampler = self._by_trial.get(trial.number)
@@ -89,8 +99,7 @@ def ask_next(study: optuna.Study) -> optuna.Trial:
         deepcopy=False, states=(TrialState.WAITING,)
     ):
         return study.ask()
-    trials = study.get_trials(deepcopy=False)
-    sampler.next_proposal = sum(PROPOSAL_ATTR in t.user_attrs for t in trials)
+    sampler.next_proposal = sampler.count_proposals(study.get_trials(deepcopy=False))
     trial = study.ask()
     trial.set_user_attr(PROPOSAL_ATTR, sampler.next_proposal)
     return trial

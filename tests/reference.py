@@ -8,18 +8,16 @@ import math
 
 import torch
 
-from hpsearch.model import build_mlp
-from hpsearch.train import (
-    TrainResult,
-    epoch_batches,
+from hpsearch.metrics import (
     evaluate,
     example_losses,
     on_device,
     prefixed,
     resolve_loss,
-    scheduled_lr,
     weighted_mean,
 )
+from hpsearch.model import build_mlp
+from hpsearch.train import TrainResult, epoch_batches, scheduled_lr
 
 
 def _optimizer(model, spec):

@@ -6,20 +6,22 @@ import torch
 from sklearn.metrics import f1_score, precision_score, r2_score, recall_score
 
 from hpsearch.errors import InputError
+from hpsearch.metrics import (
+    classification_metrics,
+    example_losses,
+    regression_metrics,
+    resolve_loss,
+    weighted_mean,
+)
 from hpsearch.model import build_mlp
 from hpsearch.space import apply_params
 from hpsearch.stacked import StackedMLP, column, penalties
 from hpsearch.train import (
     Member,
     TrainHooks,
-    classification_metrics,
-    example_losses,
-    regression_metrics,
-    resolve_loss,
     scheduled_lr,
     train,
     train_model,
-    weighted_mean,
 )
 from tests.conftest import make_spec
 

@@ -1,0 +1,219 @@
+"""Losses, metrics and evaluation: pure functions of outputs and targets, and scoring a model
+or a stack on a split. No training, no optuna, no files.
+
+For classification, the distance losses (l1, l2, mse, huber) compare predicted probabilities
+with one-hot targets; bce and cross_entropy work on logits. For regression, error is the mean
+squared error of the standardized target (the fraction of the train variance left
+unexplained), so the bias/variance arithmetic applies to it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpsearch.data import Dataset, Split
+from hpsearch.errors import InputError
+from hpsearch.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, Spec
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce", "mse", "l2", "l1", "huber")
+REGRESSION_LOSSES = ("mse", "l2", "l1", "huber")
+
+
+def resolve_loss(loss: str, task: str) -> str:
+    """The loss a spec means for a task: auto -> bce / cross_entropy / mse."""
+    if loss == "auto":
+        return {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}[task]
+    allowed = REGRESSION_LOSSES if task == "regression" else CLASSIFICATION_LOSSES
+    if loss not in allowed:
+        raise InputError(
+            f"train.loss: '{loss}' does not fit a {task} task; allowed: {', '.join(allowed)}"
+        )
+    return loss
+
+
+def check_objective_metric(metric: str, task: str) -> None:
+    allowed = REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+    if metric.removeprefix("dev_") not in allowed:
+        options = ", ".join(f"dev_{m}" for m in allowed)
+        raise InputError(
+            f"objective.metric: '{metric}' does not fit a {task} task; allowed: {options}"
+        )
+
+
+def example_losses(loss: str, outputs: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Loss of each example, shape [n]. `outputs` are the network's raw outputs (logits).
+
+    For classification, the distance losses (l1, l2, mse, huber) compare predicted
+    probabilities with one-hot targets, as in L1(y_hat, y) = sum_j |y_j - y_hat_j|.
+    """
+    if task == "regression":
+        prediction, target = outputs, y.reshape(-1, 1)
+    elif loss in ("bce", "cross_entropy") and task == "binary":
+        return F.binary_cross_entropy_with_logits(outputs[:, 0], y.float(), reduction="none")
+    elif loss == "cross_entropy":
+        return F.cross_entropy(outputs, y, reduction="none")
+    elif task == "binary":
+        prediction, target = torch.sigmoid(outputs), y.float().reshape(-1, 1)
+    else:
+        target = F.one_hot(y, outputs.shape[1]).float()
+        if loss == "bce":
+            return F.binary_cross_entropy_with_logits(outputs, target, reduction="none").sum(1)
+        prediction = torch.softmax(outputs, dim=1)
+    diff = prediction - target
+    if loss == "l1":
+        return diff.abs().sum(1)
+    if loss == "l2":
+        return diff.pow(2).sum(1)
+    if loss == "mse":
+        return diff.pow(2).mean(1)
+    if loss == "huber":
+        return F.huber_loss(prediction, target, reduction="none").mean(1)
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """The cost: mean loss, or with strengthening factors s_i: sum(s_i L_i) / sum(s_i)."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum()
+
+
+def classification_metrics(predicted: torch.Tensor, y: torch.Tensor, n_classes: int) -> dict:
+    """Accuracy, error, and precision/recall/F1 (positive class for binary, macro otherwise)."""
+    confusion = torch.bincount(y * n_classes + predicted, minlength=n_classes**2)
+    confusion = confusion.reshape(n_classes, n_classes).double()
+    true_pos = confusion.diag()
+    accuracy = (true_pos.sum() / confusion.sum()).item()
+    precision_all = true_pos / confusion.sum(0).clamp(min=1)
+    recall_all = true_pos / confusion.sum(1).clamp(min=1)
+    f1_all = torch.where(
+        precision_all + recall_all > 0,
+        2 * precision_all * recall_all / (precision_all + recall_all),
+        torch.zeros_like(precision_all),
+    )
+    if n_classes == 2:
+        precision, recall, f1 = precision_all[1], recall_all[1], f1_all[1]
+    else:
+        precision, recall, f1 = precision_all.mean(), recall_all.mean(), f1_all.mean()
+    return {
+        "accuracy": accuracy,
+        "error": 1.0 - accuracy,
+        "precision": precision.item(),
+        "recall": recall.item(),
+        "f1": f1.item(),
+    }
+
+
+def regression_metrics(prediction: torch.Tensor, y: torch.Tensor, std: float) -> dict:
+    """error = MSE on the standardized target (the fraction of train variance left unexplained);
+    mse and mae in the target's own units."""
+    diff = prediction - y
+    mse_scaled = diff.pow(2).mean().item()
+    total = (y - y.mean()).pow(2).sum().item()
+    return {
+        "error": mse_scaled,
+        "mse": mse_scaled * std**2,
+        "mae": diff.abs().mean().item() * std,
+        "r2": 1.0 - diff.pow(2).sum().item() / total if total > 0 else 0.0,
+    }
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceSplit:
+    """A split's tensors on the training device."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor | None
+
+    @classmethod
+    def from_split(cls, split: Split, device: torch.device) -> DeviceSplit:
+        weight = None if split.weight is None else torch.as_tensor(split.weight, device=device)
+        return cls(
+            torch.as_tensor(split.X, device=device), torch.as_tensor(split.y, device=device), weight
+        )
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+
+# A worker trains many trials on one data set: its splits go to the device once, not per trial.
+_ON_DEVICE: dict[tuple[int, str], tuple[Split, DeviceSplit]] = {}
+
+
+def on_device(split: Split, device: torch.device) -> DeviceSplit:
+    """`split` on `device`, copied there once per process (kept while the split lives here)."""
+    key = (id(split), str(device))
+    cached = _ON_DEVICE.get(key)
+    if cached is None or cached[0] is not split:
+        if len(_ON_DEVICE) >= 8:  # a new data set: drop the old copies
+            _ON_DEVICE.clear()
+        cached = (split, DeviceSplit.from_split(split, device))
+        _ON_DEVICE[key] = cached
+    return cached[1]
+
+
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating: large, but bounded in memory
+
+
+@torch.inference_mode()
+def predict(
+    model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, rows: int = EVAL_CHUNK
+) -> torch.Tensor:
+    """Raw outputs for every row, `rows` at a time (the model must already be in eval mode).
+    Works for a stacked model too: its outputs have a leading member axis."""
+    if X.shape[0] <= rows:
+        return model(X)
+    return torch.cat([model(chunk) for chunk in X.split(rows)], dim=-2)
+
+
+def split_metrics(
+    outputs: torch.Tensor, split: DeviceSplit, loss: str, data: Dataset
+) -> dict[str, float]:
+    """All metrics of raw `outputs` (one model's, [n, outputs]) against a split's targets."""
+    losses = example_losses(loss, outputs, split.y, data.task)
+    metrics = {"loss": weighted_mean(losses, split.weight).item()}
+    if data.task == "regression":
+        metrics.update(regression_metrics(outputs[:, 0], split.y, data.target_std))
+        return metrics
+    binary = data.task == "binary"
+    predicted = (outputs[:, 0] > 0).long() if binary else outputs.argmax(1)
+    metrics.update(classification_metrics(predicted, split.y, max(data.n_outputs, 2)))
+    if split.weight is not None:
+        correct = (predicted == split.y).double()
+        weighted_accuracy = (correct * split.weight).sum() / split.weight.sum()
+        metrics["weighted_error"] = 1.0 - weighted_accuracy.item()
+        metrics["unweighted_loss"] = losses.mean().item()
+    return metrics
+
+
+def evaluate(model: nn.Module, split: DeviceSplit, loss: str, data: Dataset) -> dict[str, float]:
+    """All metrics of `model` on one split (eval mode: no dropout, running norm statistics)."""
+    if len(split) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    outputs = predict(model, split.X)
+    model.train(was_training)
+    with torch.inference_mode():
+        return split_metrics(outputs, split, loss, data)
+
+
+def prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{key}": value for key, value in metrics.items()}
+
+
+def score_split(
+    model: nn.Module, spec: Spec, data: Dataset, split: Split, device: torch.device
+) -> dict[str, float]:
+    """All metrics of a trained model on any split (or a subset of one)."""
+    loss = resolve_loss(spec.train.loss, data.task)
+    return evaluate(model, DeviceSplit.from_split(split, device), loss, data)
