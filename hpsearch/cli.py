@@ -312,6 +312,9 @@ def _error_rate(name: str, text: str | None) -> float | None:
 
 
 ErrorOpt = Annotated[str | None, typer.Option(help="Fraction (0.035) or percent (3.5%).")]
+SizeOpt = Annotated[
+    int | None, typer.Option(help="Examples the error was measured on (for intervals).")
+]
 
 
 @app.command()
@@ -325,14 +328,26 @@ def diagnose(
     tolerance: Annotated[
         str, typer.Option(help="A component above this is high (default one point).")
     ] = "0.01",
+    n_train: SizeOpt = None,
+    n_dev: SizeOpt = None,
+    n_test: SizeOpt = None,
     output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Bias / variance analysis for train, dev (and test) errors from anywhere."""
+    """Bias / variance analysis for train, dev (and test) errors from anywhere.
+
+    With the split sizes (--n-train, --n-dev, --n-test) each part is judged on its 95%
+    interval: high, low, or can't tell (with how many examples would tell).
+    """
+    from hpsearch.diagnosis import Sample, summary_lines
     from hpsearch.diagnosis import diagnose as run_diagnosis
-    from hpsearch.diagnosis import summary_lines
 
     if output_format not in ("table", "json"):
         raise InputError(f"--format: '{output_format}' is not one of table, json")
+    sizes = {"train": n_train, "dev": n_dev, "test": n_test}
+    for split, n in sizes.items():
+        if n is not None and n < 1:
+            raise InputError(f"--n-{split}: {n} examples; give a count of at least 1")
+    samples = {split: Sample(n) for split, n in sizes.items() if n is not None}
     try:
         result = run_diagnosis(
             _error_rate("--train-error", train_error),
@@ -341,6 +356,7 @@ def diagnose(
             human_level_error=_error_rate("--human-error", human_error),
             bayes_error=_error_rate("--bayes-error", bayes_error),
             tolerance=_error_rate("--tolerance", tolerance),
+            samples=samples or None,
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None

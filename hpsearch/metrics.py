@@ -217,3 +217,21 @@ def score_split(
     """All metrics of a trained model on any split (or a subset of one)."""
     loss = resolve_loss(spec.train.loss, data.task)
     return evaluate(model, DeviceSplit.from_split(split, device), loss, data)
+
+
+@torch.inference_mode()
+def squared_error_spread(
+    model: nn.Module, data: Dataset, split: Split, device: torch.device
+) -> float | None:
+    """Regression: the standard deviation of the per-example squared errors of the
+    standardized target (the spread behind a mean squared error's interval); None when the
+    split has fewer than two rows."""
+    if len(split) < 2:
+        return None
+    device_split = DeviceSplit.from_split(split, device)
+    was_training = model.training
+    model.eval()
+    outputs = predict(model, device_split.X)
+    model.train(was_training)
+    squared = (outputs[:, 0] - device_split.y).pow(2)
+    return float(squared.std())

@@ -24,7 +24,7 @@ import torch
 
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
-from hpsearch.metrics import prefixed, score_split
+from hpsearch.metrics import prefixed, score_split, squared_error_spread
 from hpsearch.model import build_mlp
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, TrialFolder, append_jsonl, read_json, write_json
@@ -365,8 +365,9 @@ class FinalEvaluation:
     recorded metrics; `retrained`: trained again, the metrics differ)."""
 
     test: dict[str, float]
-    groups: dict[str, dict[str, float | None]] | None
+    groups: dict[str, dict[str, float | int | None]] | None
     weights: str = "local"
+    spread: dict[str, float | None] | None = None  # regression: per-split error spread
 
 
 def _group_subset(split: Split, label: str) -> Split:
@@ -378,8 +379,9 @@ def _group_subset(split: Split, label: str) -> Split:
 def evaluate_best(
     spec: Spec, data: Dataset, run: RunFolder, outcome: TrialOutcome
 ) -> FinalEvaluation:
-    """Load the best trial's weights (weights_only) and score them on the test split, once,
-    and on each group's train and dev rows (data mismatch)."""
+    """Load the best trial's weights (weights_only) and score them on the test split, once;
+    on each group's train, dev and test rows (with their counts); and, for regression, the
+    spread of the per-example errors that the diagnosis' intervals need."""
     trial_spec = apply_params(spec, outcome.params)
     device = resolve_device(spec.device)
     model = build_mlp(trial_spec.model, data.n_features, data.n_outputs).to(device)
@@ -387,20 +389,27 @@ def evaluate_best(
     model.load_state_dict(state)
     test_split = data.splits["test"]
     test = prefixed("test", score_split(model, trial_spec, data, test_split, device))
+    spread = None
+    if data.task == "regression":
+        spread = {
+            name: squared_error_spread(model, data, split, device)
+            for name, split in data.splits.items()
+        }
     groups = None
     if data.splits["train"].group is not None:
         labels = sorted({str(g) for split in data.splits.values() for g in split.group})
         groups = {}
         for label in labels:
-            errors: dict[str, float | None] = {}
-            for name in ("train", "dev"):
+            entry: dict[str, float | int | None] = {}
+            for name in ("train", "dev", "test"):
                 subset = _group_subset(data.splits[name], label)
                 metrics = (
                     score_split(model, trial_spec, data, subset, device) if len(subset) else {}
                 )
-                errors[f"{name}_error"] = metrics.get("error")
-            groups[label] = errors
-    return FinalEvaluation(test, groups)
+                entry[f"{name}_error"] = metrics.get("error")
+                entry[f"n_{name}"] = len(subset)
+            groups[label] = entry
+    return FinalEvaluation(test, groups, spread=spread)
 
 
 def score_best(spec: Spec, data: Dataset, run: RunFolder, best: TrialOutcome) -> FinalEvaluation:

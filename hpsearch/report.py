@@ -23,9 +23,12 @@ from rich.text import Text
 from hpsearch.diagnosis import (
     DEFAULT_TOLERANCE,
     Diagnosis,
+    GroupErrors,
     diagnose,
     mismatch_ordering,
+    samples_from,
     summary_lines,
+    wilson_interval,
 )
 from hpsearch.errors import InputError
 from hpsearch.plots import format_value, range_position, rank_trials, short_number, write_plots
@@ -34,7 +37,6 @@ from hpsearch.space import apply_params
 from hpsearch.spec import ParamSpec, Spec, load_spec
 
 EDGE = 0.05  # a best value in the outer 5% of its range (log axis for log ranges) is on the edge
-CONFIDENCE = 0.95
 LEARNING_CURVES = 5  # more curves than this on one plot cannot be told apart
 _FOLDER_STAMP = re.compile(r"(\d{8}-\d{6})(?:-\d+)?$")  # runs.create_run's name suffix
 
@@ -166,13 +168,10 @@ def best_settings(spec: Spec, best: dict[str, Any] | None) -> dict[str, dict[str
     return resolved.model_dump(mode="json", include={"model", "train"})
 
 
-def binomial_interval(rate: float, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of an error rate measured on `n` examples."""
-    from scipy.stats import binomtest  # scipy comes with scikit-learn; only reports need it
-
-    errors = min(n, max(0, round(rate * n)))
-    ci = binomtest(errors, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+def binomial_interval(rate: float, n: int) -> tuple[float, float]:
+    """Wilson score interval (95%) of an error rate measured on `n` examples."""
+    errors = min(n, max(0, round(rate * n)))  # the rate as the count it was measured from
+    return wilson_interval(errors / n, n)
 
 
 def dev_error_interval(best: dict[str, Any], dev_size: int | None) -> tuple[float, float] | None:
@@ -205,6 +204,8 @@ def diagnosis_of(summary: dict[str, Any]) -> Diagnosis | None:
             bayes_error=stored.get("bayes_error"),
             tolerance=stored.get("tolerance", DEFAULT_TOLERANCE),
             groups=stored.get("groups"),
+            samples=samples_from(stored.get("samples")),
+            regression=bool(stored.get("regression")),
         )
     except ValueError:  # a summary edited by hand: report without a diagnosis, not a traceback
         return None
@@ -409,33 +410,54 @@ def recommendations(report: Report) -> list[str]:
     return list(report.diagnosis.recommendations) if report.diagnosis else []
 
 
-MISMATCH_HEAD = ["group", "train error", "dev error"]
+MISMATCH_HEAD = ["group", "train error", "dev error", "test error", "verdict"]
 
 
 def mismatch_rows(report: Report) -> list[list[str]]:
-    """Train and dev error of the best trial on each group (data distribution)."""
+    """The best trial's train, dev and test error on each group (data distribution), with the
+    group's rows in each split and its share of the split, and its verdict."""
     d = report.diagnosis
     if d is None or not d.groups:
         return []
     fmt = report.format_error
-    return [[g.name, fmt(g.train_error), fmt(g.dev_error)] for g in d.groups]
+    totals = {
+        split: sum(g.count(split) or 0 for g in d.groups) for split in ("train", "dev", "test")
+    }
+
+    def cell(group: GroupErrors, split: str) -> str:
+        error, count = fmt(group.error(split)), group.count(split)
+        if count is None:
+            return error
+        share = f", {count / totals[split]:.0%}" if totals[split] else ""
+        return f"{error} (n={count}{share})"
+
+    return [
+        [g.name, cell(g, "train"), cell(g, "dev"), cell(g, "test"), f"{g.verdict}: {g.why}"]
+        for g in d.groups
+    ]
 
 
 def mismatch_lines(report: Report) -> list[str]:
     d = report.diagnosis
     if d is None or not d.groups:
         return []
-    tolerance = f"{d.tolerance:.1%}"
-    verdict = (
-        f"data mismatch: the groups' dev errors differ by more than {tolerance}"
-        if d.mismatch
-        else f"no data mismatch: the groups' dev errors are within {tolerance} of each other"
-    )
-    chain = " → ".join(f"{label} {report.format_error(v)}" for label, v in mismatch_ordering(d))
-    return [
-        verdict,
-        f"chain (human < train < dev[best group] < dev < dev[worst group] < test): {chain}",
-    ]
+    if d.mismatch:
+        verdict = "data mismatch: a group under-represented in train does clearly worse on dev"
+    elif d.mismatch is None:
+        verdict = "data mismatch: can't tell with these group sizes"
+    else:
+        verdict = (
+            "no data mismatch: every group is in train as in dev (a gap between groups is a "
+            "harder group, not a mismatch)"
+        )
+    chain = " ≤ ".join(f"{label} {report.format_error(v)}" for label, v in mismatch_ordering(d))
+    lines = [verdict, f"chain, lowest first: {chain}"]
+    if report.spec.data.group:
+        lines.append(
+            f"(the group column '{report.spec.data.group}' names each row's distribution; it "
+            "is not one of the model's features)"
+        )
+    return lines
 
 
 # --- console ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ line of a running search; and the live summary that follows a study while it run
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import Any
 import optuna
 
 from hpsearch.data import Dataset
-from hpsearch.diagnosis import diagnose
+from hpsearch.diagnosis import Sample, diagnose
 from hpsearch.objective import FinalEvaluation
 from hpsearch.outcome import RunState, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, write_json
@@ -26,12 +27,17 @@ SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary
 
 
 def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | None:
-    """The complete trial with the best objective value (ties: the earliest)."""
+    """The complete trial with the best objective value; ties go to the lower dev loss (an
+    error rate ties often on a small dev set), then to the earliest."""
     scored = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
     if not scored:
         return None
     sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
-    return min(scored, key=lambda o: (sign * o.value, o.number))
+
+    def rank(o: TrialOutcome) -> tuple[float, float, int]:
+        return (sign * o.value, o.metrics.get("dev_loss", math.inf), o.number)
+
+    return min(scored, key=rank)
 
 
 def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
@@ -54,19 +60,30 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
 def diagnosis_for(
     spec: Spec, data: Dataset, best: TrialOutcome, final: FinalEvaluation
 ) -> dict[str, Any]:
-    """The bias/variance reading of the best trial, with remedies specific to its settings."""
+    """The bias/variance reading of the best trial, judged on intervals over the split sizes,
+    with remedies specific to its settings and to what the search already varies."""
     trial_spec = apply_params(spec, best.params)
+    model, train = trial_spec.model, trial_spec.train
     context = {
-        "hidden": trial_spec.model.widths,
-        "epochs": trial_spec.train.epochs,
+        "hidden": model.widths,
+        "sizing": "hidden" if model.hidden is not None else "layers",
+        "epochs": train.epochs,
         "stopped_epoch": best.epochs_run,
-        "early_stopping": trial_spec.train.early_stopping is not None,
-        "dropout": trial_spec.model.dropout,
-        "l2": trial_spec.train.l2,
-        "optimizer": trial_spec.train.optimizer,
-        "lr": trial_spec.train.lr,
-        "init": trial_spec.model.init,
+        "early_stopping": train.early_stopping is not None,
+        "dropout": model.dropout,
+        "l2": train.l2,
+        "optimizer": train.optimizer,
+        "lr": train.lr,
+        "init": model.init,
         "train_size": len(data.splits["train"]),
+        "searched": sorted(spec.search.space) if spec.search else [],
+    }
+    regression = data.task == "regression"
+    spread = final.spread or {}
+    samples = {
+        name: Sample(len(split), spread.get(name) if regression else None)
+        for name, split in data.splits.items()
+        if len(split) and (not regression or spread.get(name) is not None)
     }
     return diagnose(
         best.metrics["train_error"],
@@ -76,6 +93,8 @@ def diagnosis_for(
         bayes_error=spec.bayes_error,
         groups=final.groups,
         context=context,
+        samples=samples,
+        regression=regression,
     ).to_dict()
 
 

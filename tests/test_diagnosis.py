@@ -33,6 +33,9 @@ EXTRA_KEYS = {
     "verdict",
     "surpassed_human_level",
     "test_gap",
+    "judgements",
+    "samples",
+    "regression",
 }
 
 # A run that left every bias and variance remedy open.
@@ -240,23 +243,66 @@ GROUPS = {
 }
 
 
-def test_mismatch_detected_when_group_dev_errors_spread_beyond_tolerance():
+def test_a_group_worse_on_train_too_is_harder_not_mismatched():
+    """Both groups are in train: asia's dev error is high because its train error is too."""
     d = diagnose(0.004, 0.021, test_error=0.2, human_level_error=0.01, groups=GROUPS)
-    assert d.mismatch is True
+    assert d.mismatch is False
+    verdicts = {g.name: g.verdict for g in d.groups}
+    assert verdicts == {"europe": "fine", "asia": "harder"}
     out = d.to_dict()
-    assert out["groups"] == GROUPS
-    assert out["mismatch"] is True
+    assert out["groups"]["asia"]["verdict"] == "harder"
+    assert out["mismatch"] is False
     text = " ".join(d.recommendations)
-    assert "collect more data like 'asia'" in text
-    assert "Shuffle all groups together" in text
-    assert "data.weights: {group: {asia: 2}}" in text
+    assert "'asia' is harder" in text and "not a data mismatch" in text
+    assert "collect more" not in text
+
+
+def counted(train, dev, test, n_train, n_dev, n_test):
+    return {
+        "train_error": train,
+        "dev_error": dev,
+        "test_error": test,
+        "n_train": n_train,
+        "n_dev": n_dev,
+        "n_test": n_test,
+    }
+
+
+def test_a_group_missing_from_train_with_a_high_dev_error_is_a_mismatch():
+    groups = {
+        "web": counted(0.02, 0.03, 0.03, 9000, 500, 500),
+        "phone": counted(None, 0.25, 0.24, 0, 500, 500),
+    }
+    d = diagnose(0.02, 0.14, test_error=0.135, human_level_error=0.0, groups=groups)
+    assert d.mismatch is True
+    assert {g.name: g.verdict for g in d.groups} == {"web": "fine", "phone": "mismatch"}
+    snippet = next(r for r in d.recommendations if "data.weights" in r)
+    assert "{group: {web: 1, phone: 2}}" in snippet
+
+
+def test_a_gap_between_small_groups_is_undetermined():
+    groups = {
+        "a": counted(0.10, 0.12, 0.1, 60, 20, 20),
+        "b": counted(0.10, 0.19, 0.2, 60, 20, 20),
+    }
+    d = diagnose(0.1, 0.155, groups=groups)
+    assert {g.verdict for g in d.groups} == {"undetermined"}
+    assert d.mismatch is False  # every group is in train like in dev: no mismatch can arise
 
 
 def test_no_mismatch_when_groups_agree():
     groups = {"a": {"train_error": 0.01, "dev_error": 0.02}, "b": {"dev_error": 0.025}}
     d = diagnose(0.01, 0.022, groups=groups)
     assert d.mismatch is False
-    assert d.to_dict()["groups"]["b"] == {"train_error": None, "dev_error": 0.025}
+    assert d.to_dict()["groups"]["b"] == {
+        "train_error": None,
+        "dev_error": 0.025,
+        "test_error": None,
+        "n_train": None,
+        "n_dev": None,
+        "n_test": None,
+        "verdict": "fine",
+    }
     assert not any("mismatch" in r.lower() for r in d.recommendations)
 
 
@@ -276,6 +322,15 @@ def test_mismatch_ordering_follows_the_lecture_chain():
     ]
 
 
+def test_the_chain_is_printed_in_the_order_of_its_values():
+    """penguins: train 4.52% but the lab group's dev error 0.00%: the chain never goes down."""
+    groups = {"lab": {"train_error": 0.0, "dev_error": 0.0}, "field": {"dev_error": 0.103}}
+    chain = mismatch_ordering(diagnose(0.0452, 0.05, groups=groups))
+    values = [value for _, value in chain]
+    assert values == sorted(values)
+    assert chain[0] == ("dev[lab]", 0.0)
+
+
 def test_mismatch_ordering_omits_unknowns():
     d = diagnose(0.004, 0.021, groups={"x": {"train_error": 0.01, "dev_error": None}})
     assert [label for label, _ in mismatch_ordering(d)] == ["train", "dev"]
@@ -289,7 +344,7 @@ def test_bias_recommendations_quote_the_run():
     recs = d.recommendations
     assert "Bigger network (model.hidden) — the best trial used hidden [64]" in recs
     assert (
-        "Train longer (train.epochs) — the best trial ran all 100 epochs without stopping early"
+        "Train longer (train.epochs) — the best trial ran all 100 epochs with early stopping off"
         in recs
     )
     assert any("train.optimizer" in r and "sgd" in r for r in recs)
@@ -406,3 +461,199 @@ def test_right_fit_with_a_bad_test_error_is_not_called_a_good_model():
 def test_train_error_below_bayes_error_is_questioned():
     d = diagnose(0.2, 0.2, bayes_error=0.3, human_level_error=0.3)
     assert any("below the Bayes error" in r for r in d.recommendations)
+
+
+# --- verdicts from intervals on the split sizes ----------------------------------------------
+
+from hpsearch.diagnosis import Sample, difference_interval, wilson_interval  # noqa: E402
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    for errors, n in ((0, 114), (3, 114), (17, 359), (50, 50)):
+        ours = wilson_interval(errors / n, n)
+        ci = binomtest(errors, n).proportion_ci(method="wilson")
+        assert ours == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_a_test_gap_from_three_errors_in_114_cannot_be_told():
+    """grid-refine: 0/114 dev errors against 3/114 test errors."""
+    sizes = {"train": Sample(341), "dev": Sample(114), "test": Sample(114)}
+    d = diagnose(0.0, 0.0, test_error=3 / 114, human_level_error=0.0, samples=sizes)
+    gap = d.judgements["test_gap"]
+    assert gap.level == "undetermined"
+    assert gap.interval[0] < 0.01 < gap.interval[1]
+    assert gap.examples_needed > 114
+    assert not any("overfit the dev set" in r for r in d.recommendations)
+    assert any("Test gap 2.6%" in line and "can't tell" in line for line in summary_lines(d))
+
+
+def test_with_enough_examples_the_same_rates_are_told():
+    sizes = {"train": Sample(60_000), "dev": Sample(20_000), "test": Sample(20_000)}
+    d = diagnose(0.0, 0.0, test_error=3 / 114, human_level_error=0.0, samples=sizes)
+    assert d.judgements["test_gap"].level == "high"
+
+
+def test_variance_is_high_low_or_undetermined_by_its_interval():
+    def level(train, dev, n_train, n_dev):
+        sizes = {"train": Sample(n_train), "dev": Sample(n_dev)}
+        return diagnose(train, dev, human_level_error=0.0, samples=sizes).judgements["variance"]
+
+    assert level(0.01, 0.12, 600, 200).level == "high"
+    assert level(0.010, 0.011, 600_000, 200_000).level == "low"
+    undecided = level(0.010, 0.025, 600, 200)
+    assert undecided.level == "undetermined" and undecided.split == "dev"
+    # the examples said to tell do tell
+    told = level(0.010, 0.025, 3 * undecided.examples_needed, undecided.examples_needed)
+    assert told.level != "undetermined"
+
+
+def test_an_undetermined_component_leaves_the_verdict_open():
+    sizes = {"train": Sample(90), "dev": Sample(30)}
+    d = diagnose(0.0, 1 / 30, human_level_error=0.0, samples=sizes)
+    assert d.high_variance is None and d.verdict == "can't tell"
+    assert not any("fits well" in r for r in d.recommendations)
+    assert any("about" in r and "dev examples" in r for r in d.recommendations)
+
+
+def test_surpassing_human_level_is_about_the_train_error_and_its_interval():
+    # train 3.52% against human 3%: the avoidable bias is positive, nothing is surpassed
+    assert not diagnose(0.0352, 0.021, human_level_error=0.03).surpassed_human_level
+    sizes = {"train": Sample(200), "dev": Sample(200)}
+    small = diagnose(0.02, 0.03, human_level_error=0.03, samples=sizes)
+    assert not small.surpassed_human_level  # 4/200 below 3% is within the noise
+    sizes = {"train": Sample(50_000), "dev": Sample(20_000)}
+    assert diagnose(0.02, 0.03, human_level_error=0.03, samples=sizes).surpassed_human_level
+
+
+def test_differences_of_rates_use_newcombes_interval():
+    # Newcombe (1998), Statistics in Medicine 17:873, table II example: 56/70 against 48/80
+    low, high = difference_interval(56 / 70, Sample(70), 48 / 80, Sample(80))
+    assert (low, high) == pytest.approx((0.0524, 0.3339), abs=5e-4)
+
+
+# --- regression ---------------------------------------------------------------------------------
+
+
+def test_regression_without_a_reference_cannot_judge_bias():
+    d = diagnose(0.45, 0.52, regression=True)
+    assert d.high_bias is None and d.bias_reference == "none"
+    assert d.tolerance == pytest.approx(0.045)  # a tenth of the train error
+    assert d.high_variance is True
+    assert any("human_level_error" in r for r in d.recommendations)
+    assert any(line.startswith("Bias: can't tell") for line in summary_lines(d))
+
+
+def test_regression_intervals_use_the_per_example_spread():
+    sizes = {"train": Sample(265, sd=0.8), "dev": Sample(88, sd=0.9)}
+    d = diagnose(0.45, 0.52, human_level_error=0.4, regression=True, samples=sizes)
+    assert d.judgements["variance"].level == "undetermined"  # 0.07 +- ~0.2
+    sizes = {"train": Sample(26_500, sd=0.8), "dev": Sample(8_800, sd=0.9)}
+    d = diagnose(0.45, 0.52, human_level_error=0.4, regression=True, samples=sizes)
+    assert d.judgements["variance"].level == "high"
+
+
+# --- remedies read the spec and the search ----------------------------------------------------
+
+
+def test_remedies_name_the_keys_in_use_and_skip_what_is_searched():
+    context = {
+        **PLAIN_RUN,
+        "hidden": [25, 25],
+        "sizing": "layers",
+        "searched": ["model.layers", "model.units", "train.lr", "model.dropout"],
+    }
+    bias = diagnose(0.035, 0.04, human_level_error=0.007, context=context).recommendations
+    text = " ".join(bias)
+    assert "Bigger network (widen search.space[model.layers, model.units]) — the best trial " in (
+        text
+    )
+    assert "2 layers of 25 units" in text and "model.hidden" not in text
+    assert "widen search.space[train.lr]" in text
+    assert "search.space: train.epochs" in text and "search.space: model.layers" not in text
+    variance = diagnose(0.001, 0.05, human_level_error=0.0, context=context).recommendations
+    text = " ".join(variance)
+    assert "Widen search.space[model.dropout] upwards" in text
+    assert "Add dropout" not in text
+    assert "Search regularization settings (search.space: train.l2)" in text
+
+
+SNIPPET = __import__("re").compile(r"\((data\.weights|model\.init): (.+?)\)(?: |$|,)")
+
+
+def test_every_snippet_a_remedy_suggests_validates_on_the_run_spec():
+    import yaml
+
+    from hpsearch.spec import spec_from_dict
+
+    base = {
+        "name": "s",
+        "data": {"source": "x.csv", "target": "y", "group": "site"},
+        "model": {"hidden": [8]},
+    }
+    groups = {
+        "lab": counted(0.0, 0.0, 0.0, 300, 100, 100),
+        "field-2": counted(None, 0.3, 0.3, 0, 100, 100),
+    }
+    cases = [
+        diagnose(0.3, 0.35, context={**PLAIN_RUN, "init": None}),
+        diagnose(0.3, 0.35, context=PLAIN_RUN),
+        diagnose(0.0, 0.15, human_level_error=0.0, groups=groups),
+    ]
+    found = 0
+    for d in cases:
+        for recommendation in d.recommendations:
+            for key, value in SNIPPET.findall(recommendation):
+                section, field = key.split(".")
+                raw = {**base, section: {**base[section], field: yaml.safe_load(value)}}
+                spec_from_dict(raw, source="suggestion")  # raises when it does not validate
+                found += 1
+    assert found >= 3
+
+
+# --- groups drawn at random: no verdict the numbers do not support -------------------------
+
+
+def _drawn_groups(rng, rates, counts=(600, 200, 200)):
+    """Per-group errors as a model with these per-group true error rates would measure them
+    on splits holding every group in the same proportion."""
+    out = {}
+    for name, (train_rate, dev_rate) in rates.items():
+        n_train, n_dev, n_test = counts
+        out[name] = counted(
+            rng.binomial(n_train, train_rate) / n_train,
+            rng.binomial(n_dev, dev_rate) / n_dev,
+            rng.binomial(n_test, dev_rate) / n_test,
+            n_train,
+            n_dev,
+            n_test,
+        )
+    return out
+
+
+def test_random_groups_of_one_distribution_are_never_called_mismatched():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    flagged = 0
+    for _ in range(20):
+        groups = _drawn_groups(rng, {"A": (0.12, 0.15), "B": (0.12, 0.15), "C": (0.12, 0.15)})
+        d = diagnose(0.12, 0.15, human_level_error=0.0, groups=groups)
+        assert d.mismatch is not True
+        flagged += any(g.verdict in ("mismatch", "harder") for g in d.groups)
+    assert flagged <= 1  # at least 19 of 20 seeds see no difference between the groups
+
+
+@pytest.mark.parametrize(
+    "hard", [(0.10, 0.11), (0.0, 0.12)], ids=["underfits-the-noisy-group", "overfits-it"]
+)
+def test_a_noisier_group_shuffled_into_every_split_is_harder_never_mismatched(hard):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        groups = _drawn_groups(rng, {"lab": (0.0, 0.0), "field": hard})
+        d = diagnose(0.05, 0.06, human_level_error=0.0, groups=groups)
+        verdicts = {g.name: g.verdict for g in d.groups}
+        assert verdicts["field"] == "harder" and d.mismatch is False

@@ -217,14 +217,17 @@ def test_console_shows_the_mismatch_block_with_groups(tmp_path):
         "hard": {"train_error": 0.1, "dev_error": 0.3},
     }
     report = load_report(make_run(tmp_path, search_trials(), groups=groups))
-    assert "data mismatch: the groups' dev errors differ by more than 1.0%" in text_of(report)
+    assert "no data mismatch: every group is in train as in dev" in text_of(report)
     assert "Train error by group" not in text_of(report)  # the groups get their own block
     markdown = render_markdown(report)
-    assert "## Data mismatch" in markdown and "| hard | 10.00% | 30.00% |" in markdown
+    assert "## Data mismatch" in markdown
+    assert "| hard | 10.00% | 30.00% | — | harder: train error 9.0% above the others' |" in (
+        markdown
+    )
     chain = next(line for line in markdown.splitlines() if line.startswith("- chain"))
-    assert chain.split("): ")[1] == (
-        "human-level 1.00% → train 2.00% → dev[easy] 4.00% → dev 10.00% → dev[hard] 30.00% "
-        "→ test 11.00%"
+    assert chain.split(": ", 1)[1] == (
+        "human-level 1.00% ≤ train 2.00% ≤ dev[easy] 4.00% ≤ dev 10.00% ≤ test 11.00% "
+        "≤ dev[hard] 30.00%"
     )
 
 

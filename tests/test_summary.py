@@ -40,6 +40,16 @@ def check(value, shape, where="summary"):
 
 
 OPTIONAL_NUMBER = (*NUMBER, type(None))
+JUDGEMENT = {"value": NUMBER, "interval": [NUMBER], "level": str}
+GROUP = {
+    "train_error": OPTIONAL_NUMBER,
+    "dev_error": OPTIONAL_NUMBER,
+    "test_error": OPTIONAL_NUMBER,
+    "n_train": int,
+    "n_dev": int,
+    "n_test": int,
+    "verdict": str,
+}
 SHAPE = {
     "run": str,
     "name": str,
@@ -59,10 +69,15 @@ SHAPE = {
         "bias": OPTIONAL_NUMBER,
         "avoidable_bias": OPTIONAL_NUMBER,
         "variance": NUMBER,
-        "high_bias": bool,
-        "high_variance": bool,
+        "high_bias": (bool, type(None)),  # None: the sample sizes cannot tell
+        "high_variance": (bool, type(None)),
         "focus": (str, type(None)),
         "recommendations": [str],
+        "judgements": {
+            "bias": JUDGEMENT,
+            "variance": JUDGEMENT,
+            "test_gap": JUDGEMENT,
+        },
     },
     "trials": [
         {"number": int, "state": str, "reason": (str, type(None)), "params": dict, "metrics": dict}
@@ -101,3 +116,27 @@ def test_errors_are_fractions(outputs):
     )
     assert summary["state"] == "finished"
     assert summary["counts"]["complete"] + summary["counts"]["failed"] == 3
+
+
+def test_every_verdict_carries_its_interval(outputs):
+    judgements = outputs[0]["diagnosis"]["judgements"]
+    for name in ("bias", "variance", "test_gap"):
+        low, high = judgements[name]["interval"]
+        assert low <= judgements[name]["value"] <= high
+        assert judgements[name]["level"] in ("high", "low", "undetermined")
+
+
+def test_groups_have_counts_errors_and_a_verdict(tmp_path):
+    from tests.conftest import write_mixed_groups
+
+    spec = write_mixed_groups(tmp_path)
+    run = CliRunner().invoke(
+        app, ["run", str(spec), "--runs-dir", str(tmp_path / "runs"), "--json", "--quiet"]
+    )
+    assert run.exit_code == 0, run.output
+    diagnosis = json.loads(run.stdout)["diagnosis"]
+    assert set(diagnosis["groups"]) == {"easy", "hard"}
+    for name, group in diagnosis["groups"].items():
+        check(group, GROUP, f"summary.diagnosis.groups.{name}")
+        assert group["verdict"] in ("mismatch", "harder", "fine", "undetermined")
+    assert diagnosis["mismatch"] in (True, False, None)
