@@ -222,10 +222,9 @@ def validate(spec: SpecArg) -> None:
 
     loaded = load_spec(spec)
     data = prepare(loaded)
-    print(
-        f"{spec}: valid — {data.task} task, {data.n_features} features, "
-        f"split {len(data.splits['train'])}/{len(data.splits['dev'])}/{len(data.splits['test'])}"
-    )
+    sizes = "/".join(str(len(split)) for split in data.splits.values())
+    names = "/".join(data.splits)
+    print(f"{spec}: valid — {data.task} task, {data.n_features} features, {names} {sizes}")
 
 
 @app.command()

@@ -22,7 +22,14 @@ import pandas as pd
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
 from hpsearch.errors import InputError
-from hpsearch.spec import ColumnWeights, DataSpec, GroupWeights, SplitRatios, SyntheticOptions
+from hpsearch.spec import (
+    ColumnWeights,
+    DataSpec,
+    GroupWeights,
+    SplitColumn,
+    SplitRatios,
+    SyntheticOptions,
+)
 
 SPLITS = ("train", "dev", "test")
 AUTO_SPLIT_ROWS = 100_000  # at or above this many rows, split: auto means 98/1/1
@@ -76,7 +83,7 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
     _check_features(features, spec.impute, spec.source)
     groups = _group_labels(frame[spec.group], spec.source) if spec.group else None
     row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    part = _partition(spec, target, groups, row_hashes, seed)
+    part = _partition(spec, target, groups, row_hashes, seed, frame)
 
     encoder = _fit_encoder(features.iloc[part.index["train"]], spec.impute, spec.source)
     X = _normalize(
@@ -291,7 +298,7 @@ def _apply_drop(frame: pd.DataFrame, spec: DataSpec) -> pd.DataFrame:
 @dataclass(frozen=True)
 class _Columns:
     target: str
-    non_features: list[str]  # target, group and weight columns: never features
+    non_features: list[str]  # target, group, split and weight columns: never features
 
 
 def _roles(frame: pd.DataFrame, spec: DataSpec, default_target: str | None) -> _Columns:
@@ -306,6 +313,8 @@ def _roles(frame: pd.DataFrame, spec: DataSpec, default_target: str | None) -> _
     roles = {"data.target": target}
     if spec.group:
         roles["data.group"] = spec.group
+    if isinstance(spec.split, SplitColumn):
+        roles["data.split.column"] = spec.split.column
     if isinstance(spec.weights, GroupWeights) and not spec.group:
         raise InputError(
             "data.weights: weights by group need data.group (the column naming each row's group)",
@@ -802,18 +811,64 @@ def _partition(
     groups: np.ndarray | None,
     row_hashes: np.ndarray,
     seed: int,
+    frame: pd.DataFrame,
 ) -> _Partition:
-    """Stratified, seeded split of the rows, without copies of a row in two splits."""
+    """Stratified, seeded split of the rows (or the split a column gives), without copies of a
+    row in two splits; plus a train_dev split carved from train when train and dev may come
+    from different mixes of distributions."""
     rows = len(row_hashes)
-    ratios, rule = _ratios(spec.split, rows)
-    sizes = split_sizes(rows, ratios)
-    strata, stratified_by, note = _choose_strata(target, groups, _splits_needed(sizes))
-    assignment = assign_splits(strata, sizes, seed)
+    if isinstance(spec.split, SplitColumn):
+        assignment = _column_assignment(frame[spec.split.column], spec)
+        counts = np.bincount(assignment, minlength=len(SPLITS))
+        ratios = {name: float(counts[k]) / rows for k, name in enumerate(SPLITS)}
+        rule, stratified_by, note = f"given by column '{spec.split.column}'", [], ""
+    else:
+        ratios, rule = _ratios(spec.split, rows)
+        sizes = split_sizes(rows, ratios)
+        strata, stratified_by, note = _choose_strata(target, groups, _splits_needed(sizes))
+        assignment = assign_splits(strata, sizes, seed)
     keep = cross_split_duplicates_kept(row_hashes, assignment)
     index = {name: np.flatnonzero(keep & (assignment == k)) for k, name in enumerate(SPLITS)}
     duplicates = int((~keep).sum())
     _check_split_sizes(index, ratios, rows, duplicates, spec.source)
-    return _Partition(index, ratios, f"{rule}; {note}" if note else rule, stratified_by, duplicates)
+    rule = f"{rule}; {note}" if note else rule
+    mixes_may_differ = isinstance(spec.split, SplitColumn) or (
+        groups is not None and "group" not in stratified_by
+    )
+    if mixes_may_differ:
+        index, carved = _carve_train_dev(index, target, seed)
+        rule += f"; train_dev: {carved} of the train rows, never trained on"
+    return _Partition(index, ratios, rule, stratified_by, duplicates)
+
+
+def _column_assignment(column: pd.Series, spec: DataSpec) -> np.ndarray:
+    """Split id per row from a column of train / dev / test values (any case)."""
+    values = column.astype("string").str.strip().str.lower()
+    codes = values.map({name: k for k, name in enumerate(SPLITS)})
+    bad = sorted(set(column[codes.isna()].astype(str)))
+    if bad:
+        shown = ", ".join(repr(v) for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise InputError(
+            f"data.split.column: column '{column.name}' holds {shown}; every value must be "
+            "train, dev or test",
+            source=spec.source,
+        )
+    return codes.to_numpy(dtype=np.int8)
+
+
+def _carve_train_dev(
+    index: dict[str, np.ndarray], target: _Target, seed: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """Move some train rows into a train_dev split: the train distribution, never trained on,
+    as many rows as dev has (at most a fifth of train), stratified by class."""
+    train = index["train"]
+    size = max(1, min(len(index["dev"]), len(train) // 5))
+    strata = None
+    if target.task != "regression":
+        codes = pd.factorize(target.values[train], sort=True)[0]
+        strata = codes if np.bincount(codes).min() >= 2 else None
+    moved = assign_splits(strata, {"train": len(train) - size, "dev": size, "test": 0}, seed + 1)
+    return {**index, "train": train[moved == 0], "train_dev": train[moved == 1]}, size
 
 
 # --- description and fingerprint --------------------------------------------------------------

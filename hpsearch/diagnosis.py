@@ -193,6 +193,7 @@ def parse_error_rate(text: str | float) -> float:
 
 GroupVerdict = Literal["mismatch", "harder", "fine", "undetermined"]
 SPLITS = ("train", "dev", "test")
+ALL_SPLITS = ("train", "train_dev", "dev", "test")
 # A group is under-represented in train when its share there is below this part of its share
 # of dev (absent, or rarer than half as often): the case where data mismatch can arise.
 UNDER_REPRESENTED = 0.5
@@ -207,12 +208,18 @@ class GroupErrors:
     train_error: float | None
     dev_error: float | None
     test_error: float | None = None
-    counts: Mapping[str, int] | None = None  # rows in train / dev / test
+    counts: Mapping[str, int] | None = None  # rows in train / dev / test (/ train_dev)
+    train_dev_error: float | None = None
     verdict: GroupVerdict = "undetermined"
     why: str = ""
 
     def error(self, split: str) -> float | None:
-        return {"train": self.train_error, "dev": self.dev_error, "test": self.test_error}[split]
+        return {
+            "train": self.train_error,
+            "train_dev": self.train_dev_error,
+            "dev": self.dev_error,
+            "test": self.test_error,
+        }[split]
 
     def count(self, split: str) -> int | None:
         return None if self.counts is None else self.counts.get(split)
@@ -225,6 +232,9 @@ class GroupErrors:
         }
         for split in SPLITS:
             out[f"n_{split}"] = self.count(split)
+        if self.count("train_dev") is not None:
+            out["train_dev_error"] = self.train_dev_error
+            out["n_train_dev"] = self.count("train_dev")
         out["verdict"] = self.verdict
         return out
 
@@ -257,6 +267,7 @@ class Diagnosis:
     judgements: Mapping[str, Judgement] = field(default_factory=dict)
     samples: Mapping[str, Sample] | None = None
     regression: bool = False
+    train_dev_error: float | None = None
 
     @property
     def bias_reference(self) -> BiasReference:
@@ -298,6 +309,7 @@ class Diagnosis:
             if self.samples is None
             else {name: {"n": s.n, "sd": s.sd} for name, s in self.samples.items()},
             "regression": self.regression,
+            "train_dev_error": self.train_dev_error,
         }
         if self.groups is not None:
             out["groups"] = {g.name: g.to_dict() for g in self.groups}
@@ -332,12 +344,15 @@ def diagnose(
     context: Mapping[str, Any] | None = None,
     samples: Mapping[str, Sample] | None = None,
     regression: bool = False,
+    train_dev_error: float | None = None,
 ) -> Diagnosis:
     """Judge bias and variance of one model and recommend what to change next.
 
     `samples` gives the size (and, for regression, the per-example spread) of the train, dev
     and test splits the errors were measured on; with them every component is judged on its
-    interval. `groups` maps each data distribution to its `train_error`/`dev_error`;
+    interval. With `train_dev_error` (the train distribution, on rows never trained on) the
+    variance is train_dev - train and the rest of dev - train is data mismatch,
+    dev - train_dev. `groups` maps each data distribution to its `train_error`/`dev_error`;
     `context` describes the run (hidden, epochs, stopped_epoch, early_stopping, dropout, l1,
     l2, optimizer, lr, train_size, init; all optional) so that recommendations can quote it.
     """
@@ -358,13 +373,16 @@ def diagnose(
             f"bayes_error ({bayes_error:g}) cannot exceed human_level_error "
             f"({human_level_error:g}): nobody, human or machine, beats the Bayes error"
         )
+    train_dev_error = _check_optional_error("train_dev_error", train_dev_error)
     samples = dict(samples or {})
-    train_s, dev_s, test_s = (samples.get(k) for k in ("train", "dev", "test"))
+    train_s = samples.get("train")
 
     bias = None if bayes_error is None else train_error - bayes_error
     avoidable_bias = None if human_level_error is None else train_error - human_level_error
     reference = next((r for r in (human_level_error, bayes_error) if r is not None), None)
     variance = dev_error - train_error
+    if train_dev_error is not None:
+        variance = train_dev_error - train_error
     test_gap = None if test_error is None else test_error - dev_error
 
     judgements: dict[str, Judgement] = {}
@@ -382,21 +400,27 @@ def diagnose(
         judgements["bias"] = _judge(
             train_error - shift, at, tolerance, "train", train_s.n if train_s else None
         )
-    judgements["variance"] = _judge(
-        variance,
-        _difference_at(dev_error, dev_s, train_error, train_s),
-        tolerance,
-        "dev",
-        dev_s.n if dev_s else None,
-    )
-    if test_gap is not None:
-        judgements["test_gap"] = _judge(
-            test_gap,
-            _difference_at(test_error, test_s, dev_error, dev_s),
-            tolerance,
-            "test",
-            test_s.n if test_s else None,
+    errors = {"train": train_error, "train_dev": train_dev_error, "dev": dev_error}
+    errors["test"] = test_error
+
+    def gap(upper: str, lower: str) -> Judgement:
+        """errors[upper] - errors[lower], two splits of different examples."""
+        a, b, sample_a, sample_b = (
+            errors[upper],
+            errors[lower],
+            samples.get(upper),
+            samples.get(lower),
         )
+        at = _difference_at(a, sample_a, b, sample_b)
+        return _judge(a - b, at, tolerance, upper, sample_a.n if sample_a else None)
+
+    if train_dev_error is None:
+        judgements["variance"] = gap("dev", "train")
+    else:
+        judgements["variance"] = gap("train_dev", "train")
+        judgements["mismatch"] = gap("dev", "train_dev")
+    if test_gap is not None:
+        judgements["test_gap"] = gap("test", "dev")
     high_bias = judgements["bias"].high
     high_variance = judgements["variance"].high
     surpassed = False
@@ -406,6 +430,11 @@ def diagnose(
     group_errors, mismatch = None, None
     if groups is not None:
         group_errors, mismatch = group_verdicts(_group_errors(groups), tolerance)
+    if "mismatch" in judgements:  # dev against the train distribution on unseen rows
+        readings = [judgements["mismatch"].high]
+        if group_errors is not None:
+            readings.append(mismatch)
+        mismatch = True if True in readings else (None if None in readings else False)
 
     draft = Diagnosis(
         train_error=train_error,
@@ -429,6 +458,7 @@ def diagnose(
         judgements=judgements,
         samples=samples or None,
         regression=regression,
+        train_dev_error=train_dev_error,
     )
     # Recommendations read the finished numbers, so they are filled in last.
     return replace(draft, recommendations=tuple(recommend(draft, context or {})))
@@ -468,10 +498,21 @@ def summary_lines(diagnosis: Diagnosis) -> list[str]:
             f"Bias {_pct(d.bias)} (train {_pct(d.train_error)} − Bayes {_pct(d.bayes_error)})"
         )
     lines.append(_bias_line(d))
-    lines.append(
-        f"Variance {_pct(d.variance)} (dev {_pct(d.dev_error)} − train {_pct(d.train_error)}): "
-        f"{_judged_text(d.judgements['variance'])}"
-    )
+    if d.train_dev_error is None:
+        lines.append(
+            f"Variance {_pct(d.variance)} (dev {_pct(d.dev_error)} − train "
+            f"{_pct(d.train_error)}): {_judged_text(d.judgements['variance'])}"
+        )
+    else:
+        lines.append(
+            f"Variance {_pct(d.variance)} (train_dev {_pct(d.train_dev_error)} − train "
+            f"{_pct(d.train_error)}): {_judged_text(d.judgements['variance'])}"
+        )
+        mismatch = d.judgements["mismatch"]
+        lines.append(
+            f"Data mismatch {_pct(mismatch.value)} (dev {_pct(d.dev_error)} − train_dev "
+            f"{_pct(d.train_dev_error)}): {_judged_text(mismatch)}"
+        )
     if d.test_gap is not None:
         gap = d.judgements["test_gap"]
         said = {"high": ": high, the dev set may be overfit", "low": ""}.get(
@@ -508,6 +549,14 @@ def recommend(diagnosis: Diagnosis, context: Mapping[str, Any]) -> list[str]:
     if d.high_bias:
         out += _bias_remedies(d, context)
     out += _group_remedies(d)
+    mismatch = d.judgements.get("mismatch")
+    if mismatch is not None and mismatch.level == "high":
+        out.append(
+            f"Data mismatch {_pct(mismatch.value)}: the dev (and test) examples come from "
+            "another mix of distributions than train. Do error analysis on dev to see how they "
+            "differ, then collect or synthesize training data like them, or move some of them "
+            "into train (keeping dev and test from the target distribution)"
+        )
     if d.high_variance and d.high_bias:
         # Fight bias before variance; the variance remedies wait for the next round.
         out.append(
@@ -796,9 +845,9 @@ def _group_errors(groups: Mapping[str, Mapping[str, Any]]) -> tuple[GroupErrors,
             split: _check_optional_error(
                 f"groups.{name}.{split}_error", errors.get(f"{split}_error")
             )
-            for split in SPLITS
+            for split in ALL_SPLITS
         }
-        counts = {s: int(errors[f"n_{s}"]) for s in SPLITS if errors.get(f"n_{s}") is not None}
+        counts = {s: int(errors[f"n_{s}"]) for s in ALL_SPLITS if errors.get(f"n_{s}") is not None}
         out.append(
             GroupErrors(
                 str(name),
@@ -806,6 +855,7 @@ def _group_errors(groups: Mapping[str, Mapping[str, Any]]) -> tuple[GroupErrors,
                 checked["dev"],
                 checked["test"],
                 counts or None,
+                train_dev_error=checked["train_dev"],
             )
         )
     return tuple(out)
@@ -874,8 +924,10 @@ def group_verdicts(
             judged.append(replace(group, verdict="fine", why="the only group"))
             continue
         if under:
-            # what the training distribution shows for it: the train error of all groups
-            gap = _gap(group, "dev", _pooled(list(groups), "train"), tolerance)
+            # what the training distribution shows: train_dev when there is one (the train
+            # distribution on examples it did not learn), else the train error of all groups
+            shown = _pooled(list(groups), "train_dev") or _pooled(list(groups), "train")
+            gap = _gap(group, "dev", shown, tolerance)
             level = gap.level if gap else "undetermined"
             verdict = {"high": "mismatch", "low": "fine"}.get(level, "undetermined")
             mismatched |= verdict == "mismatch"

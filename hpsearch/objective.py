@@ -359,7 +359,8 @@ def recorded_outcome(run: RunFolder, number: int) -> TrialOutcome:
 
 @dataclass
 class FinalEvaluation:
-    """The best trial scored after the search: test metrics and per-group errors, and where
+    """The best trial scored after the search: test (and train_dev) metrics and per-group
+    errors, and where
     its weights came from (`local`: trained here; `fetched`: stored with the study by the
     machine that trained it; `reproduced`: trained again here from its seed, with the
     recorded metrics; `retrained`: trained again, the metrics differ)."""
@@ -389,6 +390,9 @@ def evaluate_best(
     model.load_state_dict(state)
     test_split = data.splits["test"]
     test = prefixed("test", score_split(model, trial_spec, data, test_split, device))
+    if "train_dev" in data.splits:  # the train distribution, never trained on
+        train_dev = score_split(model, trial_spec, data, data.splits["train_dev"], device)
+        test.update(prefixed("train_dev", train_dev))
     spread = None
     if data.task == "regression":
         spread = {
@@ -401,7 +405,7 @@ def evaluate_best(
         groups = {}
         for label in labels:
             entry: dict[str, float | int | None] = {}
-            for name in ("train", "dev", "test"):
+            for name in data.splits:  # train, dev, test (and train_dev)
                 subset = _group_subset(data.splits[name], label)
                 metrics = (
                     score_split(model, trial_spec, data, subset, device) if len(subset) else {}

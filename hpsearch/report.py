@@ -206,6 +206,7 @@ def diagnosis_of(summary: dict[str, Any]) -> Diagnosis | None:
             groups=stored.get("groups"),
             samples=samples_from(stored.get("samples")),
             regression=bool(stored.get("regression")),
+            train_dev_error=stored.get("train_dev_error"),
         )
     except ValueError:  # a summary edited by hand: report without a diagnosis, not a traceback
         return None
@@ -432,8 +433,7 @@ def mismatch_rows(report: Report) -> list[list[str]]:
         return f"{error} (n={count}{share})"
 
     return [
-        [g.name, cell(g, "train"), cell(g, "dev"), cell(g, "test"), f"{g.verdict}: {g.why}"]
-        for g in d.groups
+        [g.name, cell(g, "train"), cell(g, "dev"), cell(g, "test"), g.verdict] for g in d.groups
     ]
 
 
@@ -451,7 +451,8 @@ def mismatch_lines(report: Report) -> list[str]:
             "harder group, not a mismatch)"
         )
     chain = " ≤ ".join(f"{label} {report.format_error(v)}" for label, v in mismatch_ordering(d))
-    lines = [verdict, f"chain, lowest first: {chain}"]
+    lines = [verdict, *(f"{g.name}: {g.verdict} — {g.why}" for g in d.groups)]
+    lines.append(f"chain, lowest first: {chain}")
     if report.spec.data.group:
         lines.append(
             f"(the group column '{report.spec.data.group}' names each row's distribution; it "

@@ -71,6 +71,12 @@ class SplitRatios(Strict):
         return self
 
 
+class SplitColumn(Strict):
+    """A predefined split: a column whose values are train, dev or test for each row."""
+
+    column: str
+
+
 class SyntheticOptions(Strict):
     """Size of a `synthetic:` data set (scikit-learn's make_classification / make_regression)."""
 
@@ -102,7 +108,7 @@ class DataSpec(Strict):
     drop: list[str] = []
     impute: Literal["mean", "median", "most_frequent"] | None = None
     normalize: Literal["none", "standard", "minmax"] = "standard"
-    split: Literal["auto"] | SplitRatios = "auto"
+    split: Literal["auto"] | SplitRatios | SplitColumn = "auto"
     group: str | None = None
     weights: Literal["balanced"] | ColumnWeights | GroupWeights | None = None
     synthetic: SyntheticOptions = SyntheticOptions()

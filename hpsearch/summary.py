@@ -89,6 +89,7 @@ def diagnosis_for(
         best.metrics["train_error"],
         best.metrics["dev_error"],
         test_error=final.test.get("test_error"),
+        train_dev_error=final.test.get("train_dev_error"),
         human_level_error=spec.human_level_error,
         bayes_error=spec.bayes_error,
         groups=final.groups,

@@ -76,3 +76,39 @@ def write_mixed_groups(folder: Path) -> Path:
     path = folder / "mixed.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def write_split_column_data(folder: Path) -> Path:
+    """Train rows from the 'lab' distribution only; dev and test from 'lab' and 'field', where
+    the label follows another feature: the lecture's data mismatch."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    n = 900
+    x = rng.normal(size=(n, 2))
+    site = np.where(np.arange(n) % 3 == 0, "field", "lab")
+    y = np.where(site == "lab", x[:, 0] > 0, x[:, 1] > 0).astype(int)
+    fold = np.where(site == "field", np.where(np.arange(n) % 2 == 0, "dev", "test"), "train")
+    lab = np.flatnonzero(site == "lab")
+    fold[lab[::6]] = "dev"
+    fold[lab[1::6]] = "test"
+    frame = pd.DataFrame(x, columns=["a", "b"]).assign(site=site, fold=fold, y=y)
+    frame.to_csv(folder / "mismatch.csv", index=False)
+    spec = {
+        "name": "mismatch",
+        "device": "cpu",
+        "data": {
+            "source": "mismatch.csv",
+            "target": "y",
+            "group": "site",
+            "split": {"column": "fold"},
+        },
+        "model": {"hidden": [16]},
+        "train": {"epochs": 30, "lr": 0.01},
+        "human_level_error": 0.0,
+    }
+    path = folder / "mismatch.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

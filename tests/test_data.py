@@ -494,3 +494,33 @@ def test_values_beyond_float32_are_an_error(tmp_path):
 def test_too_many_categories(tmp_path):
     frame = pd.DataFrame({"id": [f"u{i}" for i in range(2000)], "label": [0, 1] * 1000})
     input_error("'id'", "data.drop", source=write_csv(tmp_path, frame), target="label")
+
+
+# --- a split given by a column, and the train_dev split -------------------------------------
+
+
+def test_a_split_column_decides_the_splits_and_train_dev_is_carved_from_train(tmp_path):
+    from hpsearch.spec import load_spec
+    from tests.conftest import write_split_column_data
+
+    spec = load_spec(write_split_column_data(tmp_path))
+    data = load_dataset(spec.data, seed=0)
+    sizes = {name: len(split) for name, split in data.splits.items()}
+    assert set(sizes) == {"train", "train_dev", "dev", "test"}
+    info = data.split_info["splits"]
+    assert info["train"]["groups"] == {"field": 0, "lab": sizes["train"]}
+    assert info["train_dev"]["groups"]["field"] == 0  # the train distribution
+    assert info["dev"]["groups"]["field"] > 0
+    assert sizes["train_dev"] == min(sizes["dev"], (sizes["train"] + sizes["train_dev"]) // 5)
+    assert "fold" not in data.feature_names and "site" not in data.feature_names
+    assert "train_dev" in data.split_info["rule"]
+
+
+def test_a_split_column_with_other_values_is_an_input_error(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame({"x": range(30), "y": [0, 1] * 15, "fold": ["train"] * 20 + ["val"] * 10})
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    spec = DataSpec(source=str(tmp_path / "d.csv"), target="y", split={"column": "fold"})
+    with pytest.raises(InputError, match="data.split.column: column 'fold' holds 'val'"):
+        load_dataset(spec, seed=0)

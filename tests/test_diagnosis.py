@@ -36,6 +36,7 @@ EXTRA_KEYS = {
     "judgements",
     "samples",
     "regression",
+    "train_dev_error",
 }
 
 # A run that left every bias and variance remedy open.
@@ -657,3 +658,31 @@ def test_a_noisier_group_shuffled_into_every_split_is_harder_never_mismatched(ha
         d = diagnose(0.05, 0.06, human_level_error=0.0, groups=groups)
         verdicts = {g.name: g.verdict for g in d.groups}
         assert verdicts["field"] == "harder" and d.mismatch is False
+
+
+# --- train_dev: variance apart from data mismatch ---------------------------------------------
+
+
+def test_train_dev_separates_variance_from_mismatch():
+    sizes = {
+        "train": Sample(8000),
+        "train_dev": Sample(4000),
+        "dev": Sample(1000),
+        "test": Sample(1000),
+    }
+    d = diagnose(
+        0.02, 0.12, test_error=0.12, train_dev_error=0.021, human_level_error=0.0, samples=sizes
+    )
+    assert d.variance == pytest.approx(0.001)
+    assert d.judgements["variance"].level == "low"
+    assert d.judgements["mismatch"].level == "high" and d.mismatch is True
+    assert d.high_variance is False
+    lines = summary_lines(d)
+    assert any(
+        line.startswith("Data mismatch 9.9% (dev 12.0% − train_dev 2.1%): high") for line in lines
+    )
+    assert any("another mix of distributions" in r for r in d.recommendations)
+    big = {name: Sample(n.n * 20) for name, n in sizes.items()}
+    same = diagnose(0.02, 0.025, train_dev_error=0.021, human_level_error=0.0, samples=big)
+    assert same.mismatch is False and same.judgements["variance"].level == "low"
+    assert diagnose(0.02, 0.03, train_dev_error=0.021, samples=sizes).mismatch is None

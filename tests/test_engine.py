@@ -511,3 +511,20 @@ def test_pruners_prune_inside_stacks(tmp_path, pruner):
     assert {t["stack"] for t in summary["trials"]} == {16}
     assert summary["counts"]["pruned"] >= 4
     assert summary["counts"]["complete"] >= 1
+
+
+def test_a_distribution_missing_from_train_is_a_data_mismatch(tmp_path):
+    from tests.conftest import write_split_column_data
+
+    spec = write_split_column_data(tmp_path)
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    diagnosis = summary["diagnosis"]
+    groups = diagnosis["groups"]
+    assert groups["field"]["n_train"] == 0 and groups["field"]["verdict"] == "mismatch"
+    assert groups["lab"]["verdict"] == "fine"
+    assert diagnosis["mismatch"] is True
+    assert diagnosis["judgements"]["mismatch"]["level"] == "high"
+    assert diagnosis["train_dev_error"] is not None
+    assert diagnosis["judgements"]["variance"]["split"] in ("train_dev", None)
+    split = read_json(Path(summary["run"]) / "split.json")
+    assert "train_dev" in split["splits"]

@@ -221,9 +221,8 @@ def test_console_shows_the_mismatch_block_with_groups(tmp_path):
     assert "Train error by group" not in text_of(report)  # the groups get their own block
     markdown = render_markdown(report)
     assert "## Data mismatch" in markdown
-    assert "| hard | 10.00% | 30.00% | — | harder: train error 9.0% above the others' |" in (
-        markdown
-    )
+    assert "| hard | 10.00% | 30.00% | — | harder |" in markdown
+    assert "hard: harder — train error 9.0% above the others'" in markdown
     chain = next(line for line in markdown.splitlines() if line.startswith("- chain"))
     assert chain.split(": ", 1)[1] == (
         "human-level 1.00% ≤ train 2.00% ≤ dev[easy] 4.00% ≤ dev 10.00% ≤ test 11.00% "
@@ -322,3 +321,16 @@ def test_a_damaged_summary_is_an_input_error(run):
     run.summary.write_text('{"name": ')
     with pytest.raises(InputError, match="cannot read summary.json"):
         load_report(run)
+
+
+def test_the_html_report_of_a_grouped_run_shows_counts_and_verdicts(tmp_path):
+    groups = {
+        "lab": {"train_error": 0.0, "dev_error": 0.0, "test_error": 0.01,
+                "n_train": 300, "n_dev": 100, "n_test": 100},
+        "field": {"train_error": 0.1, "dev_error": 0.11, "test_error": 0.12,
+                  "n_train": 300, "n_dev": 100, "n_test": 100},
+    }  # fmt: skip
+    run = make_run(tmp_path, search_trials(), groups=groups)
+    html = write_report(run, "html").read_text()
+    assert "field" in html and "(n=300, 50%)" in html and "harder" in html
+    assert "no data mismatch" in html
