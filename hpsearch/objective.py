@@ -60,10 +60,21 @@ class TrialJob:
     params: dict[str, Any]
     seed: int
     resume_from: int | None = None
+    rerank_of: int | None = None  # search.rerank: this re-trains that trial's configuration
 
 
-def job_for(spec: Spec, number: int, params: dict[str, Any], **kwargs: Any) -> TrialJob:
-    return TrialJob(number, params, configuration_seed(spec.seed, params), **kwargs)
+def job_for(
+    spec: Spec, number: int, params: dict[str, Any], seed: int | None = None, **kwargs: Any
+) -> TrialJob:
+    """The job of trial `number`: its configuration's seed unless it was given another one
+    (a re-ranking trial)."""
+    seed = configuration_seed(spec.seed, params) if seed is None else seed
+    return TrialJob(number, params, seed, **kwargs)
+
+
+def rerank_seed(seed: int, k: int) -> int:
+    """The k-th further seed (k >= 1) of a configuration whose own seed is `seed`."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
 
 def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
@@ -155,11 +166,15 @@ def _begin(run: RunFolder, job: TrialJob, history: list[dict[str, Any]]) -> Tria
     record = {"number": job.number, "seed": job.seed, "params": job.params}
     if job.resume_from is not None:
         record["retry_of"] = job.resume_from
+    if job.rerank_of is not None:
+        record["rerank_of"] = job.rerank_of
     write_json(folder.params, record)
     folder.metrics.write_text("", encoding="utf-8")
     for line in history:
         append_jsonl(folder.metrics, line)
-    return TrialOutcome(job.number, TrialState.FAILED, None, job.params, job.seed)
+    outcome = TrialOutcome(job.number, TrialState.FAILED, None, job.params, job.seed)
+    outcome.rerank_of = job.rerank_of
+    return outcome
 
 
 def _failure_reason(exc: BaseException, folder: Path) -> str:

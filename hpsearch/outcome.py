@@ -76,6 +76,7 @@ class TrialOutcome:
     stack: int = 1  # how many trials trained together with this one (itself included)
     resumed_from: int | None = None  # the trial whose checkpoint this one continued
     resumed_epoch: int = 0  # epochs already trained in that checkpoint
+    rerank_of: int | None = None  # search.rerank: the trial whose configuration this re-trains
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)  # from JSON: plain text

@@ -386,6 +386,27 @@ def best_lines(report: Report) -> list[str]:
         )
     if report.metric not in ("train_error", "dev_error", "test_error"):
         lines.append(f"{report.metric}: {short_number(float(best['value']))}")
+    return lines + rerank_lines(report)
+
+
+def rerank_lines(report: Report) -> list[str]:
+    """search.rerank: the top configurations by their mean over seeds, and which of them the
+    seeds tell apart from the chosen one."""
+    standings = report.summary.get("rerank") or []
+    if not standings:
+        return []
+    metric = report.metric
+    lines = [f"re-ranked by the mean {metric} over {len(standings[0]['values'])} seeds:"]
+    for rank, standing in enumerate(standings):
+        low, high = standing["interval"]
+        mean = f"{short_number(standing['mean'])} ({short_number(low)} to {short_number(high)})"
+        if rank == 0:
+            said = "chosen"
+        elif standing["distinguishable"]:
+            said = "clearly worse"
+        else:
+            said = "cannot be told apart from the chosen one"
+        lines.append(f"  trial {standing['trial']}: mean {mean} — {said}")
     return lines
 
 

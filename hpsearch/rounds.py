@@ -55,9 +55,10 @@ def round_budgets(search: SearchSpec) -> list[int | None]:
 def total_budget(search: SearchSpec, planned_target: int | None = None) -> int | None:
     """The search's trial budget. A grid without one is as large as its rounds turn out to be:
     the last planned round's target, when known."""
+    reranked = search.rerank.top * search.rerank.seeds if search.rerank else 0
     if search.strategy == "grid" and not search.trials:
         return planned_target
-    return search.trials or DEFAULT_TRIALS
+    return (search.trials or DEFAULT_TRIALS) + reranked
 
 
 def round_seed(seed: int, index: int) -> int:

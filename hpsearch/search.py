@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.data import Dataset
-from hpsearch.objective import score_best
+from hpsearch.objective import rerank_seed, score_best
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer
 from hpsearch.rounds import plan_round, round_budgets, round_count, total_budget
@@ -28,6 +28,8 @@ from hpsearch.spec import Spec, parse_duration
 from hpsearch.strategies import describe_space, make_pruner, make_sampler, space_from_description
 from hpsearch.study import (
     FINAL_ATTR,
+    RERANK_ATTR,
+    SEED_ATTR,
     STATE_ATTR,
     budget_used,
     fail_running,
@@ -38,7 +40,7 @@ from hpsearch.study import (
     open_storage,
     save_rounds,
 )
-from hpsearch.summary import LiveSummary, best_outcome
+from hpsearch.summary import LiveSummary, best_outcome, ranked_outcomes
 from hpsearch.train import resolve_device
 from hpsearch.workers import (
     WorkerTask,
@@ -114,7 +116,37 @@ class Search:
                     break
             if self.out_of_time():
                 break
+        if self.search.rerank is not None and not self.out_of_time():
+            index = round_count(self.search)
+            target = self.plan_rerank(index)
+            while not self.out_of_time() and budget_used(self.study) < target:
+                self.run_round(target, index)
+                self.wait_for_running()
         return RunState.FINISHED
+
+    def plan_rerank(self, index: int) -> int:
+        """search.rerank: queue `seeds` more trainings of each of the `top` configurations,
+        each with a seed of its own (recorded as the last round; read back on resume)."""
+        rounds = load_rounds(self.study)
+        if index < len(rounds):
+            return rounds[index]["target"]
+        rerank = self.search.rerank
+        originals = [o for o in self.live.outcomes() if o.rerank_of is None]
+        top = ranked_outcomes(self.spec, originals)[: rerank.top]
+        for outcome in top:
+            for k in range(1, rerank.seeds + 1):
+                self.study.enqueue_trial(
+                    to_optuna_params(self.params, outcome.params),
+                    user_attrs={
+                        RERANK_ATTR: outcome.number,
+                        SEED_ATTR: rerank_seed(outcome.seed, k),
+                    },
+                )
+        start = budget_used(self.study)
+        target = start + len(top) * rerank.seeds
+        record = {"round": index, "rerank": True, "start": start, "target": target, "space": {}}
+        save_rounds(self.study, self.run, [*rounds, record])
+        return target
 
     def plan(self, index: int) -> int:
         """Round `index`'s cumulative trial target. A round planned before a resume is read

@@ -252,6 +252,13 @@ class Refine(Strict):
     keep: float = Field(0.25, gt=0, lt=1)
 
 
+class Rerank(Strict):
+    """Re-train the `top` configurations with `seeds` more seeds each and rank by the mean."""
+
+    top: int = Field(5, ge=2)
+    seeds: int = Field(3, ge=1)
+
+
 class PandaOptions(Strict):
     rescue: bool = False
     interactive: bool = False
@@ -268,6 +275,7 @@ class SearchSpec(Strict):
     pruner: Literal["none", "median", "asha", "hyperband"] = "none"
     stack: Literal["auto", "off"] | PositiveInt = "auto"
     panda: PandaOptions = PandaOptions()
+    rerank: Rerank | None = None
     space: dict[str, ParamSpec] = {}
 
     @field_validator("stack", mode="before")

@@ -39,6 +39,7 @@ COUNTED = (*FINISHED, TrialState.RUNNING)
 # Attributes of a trial: its outcome, where it runs, which trial it retries, why it was skipped.
 OUTCOME_ATTR, PID_ATTR, HOST_ATTR = "outcome", "worker_pid", "worker_host"
 RETRY_ATTR, REASON_ATTR, WEIGHTS_ATTR = "retry_of", "reason", "weights"
+SEED_ATTR, RERANK_ATTR = "seed", "rerank_of"  # a re-ranking trial's seed and configuration
 SHARED_WEIGHTS_LIMIT = 4 * 2**20  # bytes of model.pt a trial stores in a database study
 # Attributes of the study: what a worker joining from another machine needs, how far it is.
 SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
@@ -415,7 +416,8 @@ def retry_interrupted(study: optuna.Study) -> None:
             and RETRY_ATTR not in trial.user_attrs
             and trial.number not in replaced
         ):
-            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+            kept = {k: v for k, v in trial.user_attrs.items() if k in (SEED_ATTR, RERANK_ATTR)}
+            study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
 
 
 def recover(

@@ -7,7 +7,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -26,18 +26,96 @@ STATES = tuple(TrialState)
 SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json
 
 
-def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | None:
-    """The complete trial with the best objective value; ties go to the lower dev loss (an
-    error rate ties often on a small dev set), then to the earliest."""
+def ranked_outcomes(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """Complete trials, best first; ties go to the lower dev loss (an error rate ties often on a
+    small dev set), then to the earliest."""
     scored = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
-    if not scored:
-        return None
     sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
 
     def rank(o: TrialOutcome) -> tuple[float, float, int]:
         return (sign * o.value, o.metrics.get("dev_loss", math.inf), o.number)
 
-    return min(scored, key=rank)
+    return sorted(scored, key=rank)
+
+
+def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+    """The best complete trial: by its objective value, or, once `search.rerank` re-trained
+    the top configurations, the configuration with the best mean over its seeds."""
+    standings = rerank_standings(spec, outcomes)
+    if standings:
+        return standings[0].original
+    ranked = ranked_outcomes(spec, outcomes)
+    return ranked[0] if ranked else None
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One re-ranked configuration: its original trial and every seed's objective value."""
+
+    original: TrialOutcome
+    values: tuple[float, ...]
+    mean: float
+    interval: tuple[float, float]  # 95% t interval of the mean
+    distinguishable: bool = False  # clearly worse than the chosen configuration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.original.number,
+            "params": self.original.params,
+            "values": list(self.values),
+            "mean": self.mean,
+            "interval": list(self.interval),
+            "distinguishable": self.distinguishable,
+        }
+
+
+def _mean_interval(values: list[float]) -> tuple[float, tuple[float, float], float]:
+    from scipy.stats import t  # scipy comes with scikit-learn; only re-ranking needs it
+
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, (mean, mean), 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    half = float(t.ppf(0.975, len(values) - 1)) * math.sqrt(var / len(values))
+    return mean, (mean - half, mean + half), var
+
+
+def rerank_standings(spec: Spec, outcomes: list[TrialOutcome]) -> list[Standing]:
+    """The re-ranked configurations, best mean first; each says whether it is clearly worse
+    than the first (Welch's 95% interval of the difference of means excludes 0)."""
+    complete = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
+    extra: dict[int, list[float]] = {}
+    for o in complete:
+        if o.rerank_of is not None:
+            extra.setdefault(o.rerank_of, []).append(o.value)
+    if not extra:
+        return []
+    sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
+    rows = []
+    for o in complete:
+        if o.rerank_of is None and o.number in extra:
+            values = [o.value, *extra[o.number]]
+            mean, interval, var = _mean_interval(values)
+            rows.append((Standing(o, tuple(values), mean, interval), var))
+    rows.sort(key=lambda row: (sign * row[0].mean, row[0].original.number))
+    best, best_var = rows[0]
+    standings = [best]
+    for standing, var in rows[1:]:
+        margin = _welch_margin(best_var, len(best.values), var, len(standing.values))
+        worse = sign * (standing.mean - best.mean) > margin
+        standings.append(replace(standing, distinguishable=worse))
+    return standings
+
+
+def _welch_margin(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """Half-width of Welch's 95% interval for a difference of two means."""
+    from scipy.stats import t
+
+    a, b = var_a / n_a, var_b / n_b
+    if a + b == 0:
+        return 0.0
+    df = (a + b) ** 2 / (a * a / max(1, n_a - 1) + b * b / max(1, n_b - 1))
+    return float(t.ppf(0.975, df)) * math.sqrt(a + b)
 
 
 def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
@@ -54,6 +132,7 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
         "stack": outcome.stack,
         "resumed_from": outcome.resumed_from,
         "resumed_epoch": outcome.resumed_epoch,
+        "rerank_of": outcome.rerank_of,
     }
 
 
@@ -148,6 +227,7 @@ def build_summary(
         "failure_reasons": dict(Counter(str(o.reason) for o in failed)),
         "wall_seconds": round(wall_seconds, 3) if wall_seconds is not None else None,
         "best": best_entry,
+        "rerank": [standing.to_dict() for standing in rerank_standings(spec, outcomes)] or None,
         "diagnosis": diagnosis,
         "trials": [trial_entry(o) for o in sorted(outcomes, key=lambda o: o.number)],
     }

@@ -33,6 +33,8 @@ from hpsearch.spec import SearchSpec, Spec
 from hpsearch.stacked import shape_key, stack_size
 from hpsearch.strategies import ask_next, make_pruner, make_sampler
 from hpsearch.study import (
+    RERANK_ATTR,
+    SEED_ATTR,
     beats_the_study,
     budget_lock,
     budget_used,
@@ -131,9 +133,17 @@ class EpochReporter:
 
 
 def job_of(spec: Spec, trial: optuna.Trial, values: dict[str, Any]) -> TrialJob:
-    """What to train for `trial`: its configuration's seed, and for a retry the trial whose
-    checkpoint it continues."""
-    return job_for(spec, trial.number, values, resume_from=retried_number(trial))
+    """What to train for `trial`: its configuration's seed (or the one a re-ranking trial was
+    queued with), and for a retry the trial whose checkpoint it continues."""
+    attrs = trial.user_attrs
+    return job_for(
+        spec,
+        trial.number,
+        values,
+        seed=attrs.get(SEED_ATTR),
+        resume_from=retried_number(trial),
+        rerank_of=attrs.get(RERANK_ATTR),
+    )
 
 
 def shape_groups(spec: Spec, run: RunFolder, jobs: list[Proposal]) -> list[list[Proposal]]:

@@ -528,3 +528,27 @@ def test_a_distribution_missing_from_train_is_a_data_mismatch(tmp_path):
     assert diagnosis["judgements"]["variance"]["split"] in ("train_dev", None)
     split = read_json(Path(summary["run"]) / "split.json")
     assert "train_dev" in split["splits"]
+
+
+def test_rerank_trains_the_top_configurations_with_more_seeds(tmp_path):
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    search = {"trials": 6, "workers": 1, "rerank": {"top": 3, "seeds": 2}, "space": space}
+    spec = spec_file(tmp_path, search, train={"epochs": 6})
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    summary = result.summary
+    assert summary["counts"]["complete"] == 6 + 3 * 2
+    reranked = [t for t in summary["trials"] if t["rerank_of"] is not None]
+    standings = summary["rerank"]
+    assert {t["rerank_of"] for t in reranked} == {s["trial"] for s in standings}
+    by_number = {t["number"]: t for t in summary["trials"]}
+    seeds = {n: read_json(result.run.root / "trials" / str(n) / "params.json")["seed"]
+             for n in by_number}  # fmt: skip
+    for trial in reranked:
+        original = by_number[trial["rerank_of"]]
+        assert trial["params"] == original["params"]
+        assert seeds[trial["number"]] != seeds[original["number"]]
+    assert all(len(s["values"]) == 3 for s in standings)
+    means = [s["mean"] for s in standings]
+    assert means == sorted(means) and summary["best"]["trial"] == standings[0]["trial"]
+    again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest"))
+    assert again.summary["counts"]["complete"] == 12  # planned once, read back on resume

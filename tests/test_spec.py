@@ -167,3 +167,12 @@ def test_union_refusals_read_as_one_sentence(tmp_path):
 def test_bare_off_means_off(tmp_path):
     spec = load_spec(write(tmp_path, MINIMAL + "search: {stack: off}\n"))
     assert spec.search.stack == "off"
+
+
+def test_rerank_needs_two_configurations_and_a_seed():
+    from hpsearch.spec import SearchSpec
+
+    assert SearchSpec(rerank={"top": 3, "seeds": 2}).rerank.top == 3
+    for bad in ({"top": 1}, {"seeds": 0}, {"top": 2, "seeds": 1, "extra": 1}):
+        with pytest.raises(ValueError):
+            SearchSpec(rerank=bad)

@@ -140,3 +140,23 @@ def test_groups_have_counts_errors_and_a_verdict(tmp_path):
         check(group, GROUP, f"summary.diagnosis.groups.{name}")
         assert group["verdict"] in ("mismatch", "harder", "fine", "undetermined")
     assert diagnosis["mismatch"] in (True, False, None)
+
+
+def test_rerank_standings_tell_apart_only_what_the_seeds_can():
+    from hpsearch.outcome import TrialOutcome
+    from hpsearch.summary import best_outcome, rerank_standings
+    from tests.conftest import make_spec
+
+    def outcome(number, value, rerank_of=None):
+        o = TrialOutcome(number, "complete", None, {"x": number}, 0, value, {"dev_loss": value})
+        return TrialOutcome.from_json({**o.to_json(), "rerank_of": rerank_of})
+
+    spec = make_spec()
+    outcomes = [outcome(0, 0.10), outcome(1, 0.09), outcome(2, 0.30)]
+    outcomes += [outcome(3, 0.11, 0), outcome(4, 0.10, 0)]  # trial 0: mean 0.103
+    outcomes += [outcome(5, 0.14, 1), outcome(6, 0.13, 1)]  # trial 1: lucky first draw
+    outcomes += [outcome(7, 0.31, 2), outcome(8, 0.29, 2)]
+    standings = rerank_standings(spec, outcomes)
+    assert [s.original.number for s in standings] == [0, 1, 2]
+    assert [s.distinguishable for s in standings] == [False, False, True]
+    assert best_outcome(spec, outcomes).number == 0  # not trial 1, the single best draw
