@@ -272,7 +272,9 @@ def resolution_warnings(
         "the top trials differ by less than the dev set can resolve: dev error "
         f"{best:.2%} (trial {first['number']}) vs {runner_up:.2%} (trial {second['number']}) "
         f"is a gap of {gap:.2%}, but the best one's 95% interval on {dev_size} dev examples "
-        f"is ±{half_width:.2%}; a bigger dev split (data.split) would tell them apart"
+        f"is ±{half_width:.2%}; a bigger dev split (data.split) or search.rerank would tell "
+        "them apart, and until then the parameter importances (and refine rounds) drawn from "
+        "these trials are a rough guide"
     ]
 
 

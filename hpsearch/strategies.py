@@ -146,9 +146,13 @@ def check_strategy(search: SearchSpec) -> None:
 def best_fraction(
     points: list[tuple[dict[str, Any], float]], keep: float, maximize: bool
 ) -> list[dict[str, Any]]:
-    """The params of the best `keep` fraction of (params, value) pairs (at least one)."""
+    """The params of the best `keep` fraction of (params, value) pairs (at least one), widened
+    to every pair tied with the last one kept: a cut through equal values would keep an
+    arbitrary part of trials the dev set cannot tell apart."""
     ranked = sorted(points, key=lambda pv: -pv[1] if maximize else pv[1])
     count = max(1, math.ceil(keep * len(ranked)))
+    while count < len(ranked) and ranked[count][1] == ranked[count - 1][1]:
+        count += 1
     return [params for params, _ in ranked[:count]]
 
 

@@ -120,3 +120,9 @@ def test_spread_keeps_the_budget_and_spans_the_grid():
     assert chosen[0] == {"i": 0} and chosen[-1]["i"] >= 90
     assert spread(points, None) == points
     assert spread(points[:5], 10) == points[:5]
+
+
+def test_best_fraction_keeps_every_trial_tied_at_the_cut():
+    points = [({"x": i}, 0.0 if i < 6 else 0.1 * i) for i in range(12)]  # six tie at 0.00
+    kept = best_fraction(points, 0.25, maximize=False)
+    assert kept == [{"x": i} for i in range(6)]  # not an arbitrary three of the six
