@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -27,7 +27,14 @@ from hpsearch.errors import InputError
 from hpsearch.metrics import prefixed, score_split, squared_error_spread
 from hpsearch.model import build_mlp
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
-from hpsearch.runs import RunFolder, TrialFolder, append_jsonl, read_json, write_json
+from hpsearch.runs import (
+    RunFolder,
+    TrialFolder,
+    append_jsonl,
+    read_json,
+    write_bytes,
+    write_json,
+)
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
 from hpsearch.train import Member, TrainHooks, TrainResult, resolve_device, train
@@ -85,16 +92,15 @@ def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
 # --- checkpoints ------------------------------------------------------------------------------
 
 
+def save_torch(payload: Any, path: Path) -> None:
+    """torch.save, written atomically like every file of the run folder."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
 def save_checkpoint(folder: TrialFolder, state: dict[str, Any]) -> None:
-    """Write a training state atomically: a reader finds the old one or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=folder.root, prefix=".checkpoint.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, folder.checkpoint)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_torch(state, folder.checkpoint)
 
 
 def load_checkpoint(folder: TrialFolder) -> dict[str, Any] | None:
@@ -193,7 +199,7 @@ def _settle(
 ) -> None:
     """Copy a finished training into the outcome and save the model."""
     if result.state != TrialState.FAILED:
-        _save_model(result.model.state_dict(), folder.model)
+        save_torch(result.model.state_dict(), folder.model)
     outcome.state, outcome.reason = TrialState(result.state), result.reason
     outcome.metrics = result.metrics
     outcome.best_epoch = result.best_epoch
@@ -201,18 +207,6 @@ def _settle(
     outcome.stopped_early = result.stopped_early
     outcome.value = objective_value(spec, result.metrics)
     outcome.stack = stack
-
-
-def _save_model(state: dict[str, torch.Tensor], path: Path) -> None:
-    """Weights written atomically, like the JSON files: never a half-written model.pt."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _close(run: RunFolder, outcome: TrialOutcome, started: float) -> TrialOutcome:

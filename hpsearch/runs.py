@@ -182,6 +182,20 @@ def write_json(path: Path, payload: Any) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes atomically (weights, checkpoints): a reader finds the old file or the new
+    one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

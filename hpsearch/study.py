@@ -30,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import InputError
 from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
 from hpsearch.outcome import TrialState as OutcomeState
-from hpsearch.runs import RunFolder, read_json, write_json
+from hpsearch.runs import RunFolder, read_json, write_bytes, write_json
 from hpsearch.storage import mask_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -253,8 +253,7 @@ def fetch_weights(study: optuna.Study, number: int, model: Path) -> bool:
     shared = trial.user_attrs.get(WEIGHTS_ATTR) if trial.number == number else None
     if shared is None:
         return False
-    model.parent.mkdir(parents=True, exist_ok=True)
-    model.write_bytes(base64.b64decode(shared))
+    write_bytes(model, base64.b64decode(shared))
     return True
 
 
