@@ -6,6 +6,7 @@ import functools
 import json
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,8 +19,47 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help: flags read as flags, choices as choices (rich panels print `<bool>` types)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     help="Hyperparameter search for PyTorch MLPs that explains its result.",
 )
+
+
+class _Choice(str, Enum):
+    """A fixed set of option values, listed in --help and checked by the parser."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The spec's own choices (hpsearch.spec; tests/test_cli.py checks they agree), kept here so that
+# --help does not import pydantic.
+Mode = _Choice("Mode", {v: v for v in ("caviar", "panda")})
+Strategy = _Choice("Strategy", {v: v for v in ("grid", "random", "evolution", "tpe")})
+ReportFormat = _Choice("ReportFormat", {v: v for v in ("table", "json", "markdown", "html")})
+DiagnoseFormat = _Choice("DiagnoseFormat", {v: v for v in ("table", "json")})
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"hpsearch {version('hpsearch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Hyperparameter search for PyTorch MLPs that explains its result."""
+
 
 EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -49,6 +89,13 @@ def user_errors(command):
 SpecArg = Annotated[
     Path, typer.Argument(help="The spec YAML file.", show_default=False, metavar="SPEC")
 ]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run folder, its name, or 'latest'.")]
+RunsDirOpt = Annotated[
+    Path, typer.Option("--runs-dir", metavar="DIR", help="Parent folder of run folders.")
+]
+StorageOpt = Annotated[str, typer.Option(metavar="URL", help="The study's database URL.")]
+DeviceOpt = Annotated[str | None, typer.Option(metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
 @app.command()
@@ -56,43 +103,62 @@ SpecArg = Annotated[
 def run(
     spec: SpecArg,
     trials: Annotated[
-        int | None, typer.Option(help="Trial budget (overrides search.trials).")
+        int | None, typer.Option(metavar="N", help="Trial budget (overrides search.trials).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Caviar worker processes.")] = None,
-    mode: Annotated[str | None, typer.Option(help="caviar or panda.")] = None,
-    strategy: Annotated[str | None, typer.Option(help="grid, random, evolution or tpe.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Caviar worker processes.")
+    ] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="Many trials at once, or one watched at a time.")
+    ] = None,
+    strategy: Annotated[
+        Strategy | None, typer.Option(help="How configurations are chosen.")
+    ] = None,
     timeout: Annotated[
-        str | None, typer.Option(help="Stop starting trials after e.g. 30m.")
+        str | None,
+        typer.Option(metavar="DURATION", help="Stop starting trials after e.g. 30m or 2h."),
     ] = None,
     storage: Annotated[
-        str | None, typer.Option(help="Database URL for the study (default: a journal file).")
+        str | None,
+        typer.Option(metavar="URL", help="Database URL for the study (default: a journal file)."),
     ] = None,
     study: Annotated[
         str | None,
-        typer.Option(help="Study name in --storage; processes naming the same study share it."),
+        typer.Option(
+            metavar="NAME",
+            help="Study name in --storage; processes naming the same study share it.",
+        ),
     ] = None,
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Parent folder of run folders.")
-    ] = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     resume: Annotated[
-        str | None, typer.Option(help="Continue a stopped run: its folder, or 'latest'.")
+        str | None,
+        typer.Option(metavar="RUN", help="Continue a stopped run: its folder, or 'latest'."),
     ] = None,
     fail_under: Annotated[
         list[str] | None,
-        typer.Option(help="Exit 1 when the best trial's METRIC=VALUE is not reached."),
+        typer.Option(
+            metavar="METRIC=VALUE", help="Exit 1 unless the best trial reaches VALUE (repeatable)."
+        ),
     ] = None,
     fail_over: Annotated[
-        list[str] | None, typer.Option(help="Exit 1 when the best trial's METRIC exceeds VALUE.")
+        list[str] | None,
+        typer.Option(metavar="METRIC=VALUE", help="Exit 1 when the best trial exceeds VALUE."),
     ] = None,
     interactive: Annotated[
-        bool, typer.Option(help="Panda: review each proposal before it runs (terminal only).")
+        bool,
+        typer.Option(
+            "--interactive", help="Panda: review each proposal before it runs (terminal only)."
+        ),
     ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the JSON summary on stdout.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Run a search (or train one model when the spec has no search section)."""
+    """Run a search (one model when the spec has no search).
+
+    Everything is written to a new run folder under --runs-dir.
+    """
     from hpsearch.engine import Interrupted, RunOptions, run_spec
     from hpsearch.gates import failed_gates, parse_gate
     from hpsearch.progress import make_progress
@@ -103,8 +169,8 @@ def run(
         runs_dir=runs_dir,
         trials=trials,
         workers=workers,
-        mode=mode,
-        strategy=strategy,
+        mode=None if mode is None else mode.value,
+        strategy=None if strategy is None else strategy.value,
         timeout=timeout,
         storage=storage,
         resume=resume,
@@ -132,22 +198,26 @@ def run(
 @app.command()
 @user_errors
 def worker(
-    storage: Annotated[str, typer.Option(help="The study's database URL.")],
-    study: Annotated[str, typer.Option(help="The study's name (printed by `hpsearch run`).")],
-    workers: Annotated[int | None, typer.Option(help="Processes on this machine.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    data: Annotated[
-        Path | None, typer.Option(help="This machine's copy of the data file, if elsewhere.")
+    storage: StorageOpt,
+    study: Annotated[
+        str, typer.Option(metavar="NAME", help="The study's name (printed by `hpsearch run`).")
+    ],
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Processes on this machine.")
     ] = None,
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Where this machine writes trial folders.")
-    ] = DEFAULT_RUNS_DIR,
+    device: DeviceOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="This machine's copy of the data file, if elsewhere."),
+    ] = None,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     wait: Annotated[
-        float, typer.Option(help="Seconds to wait for the next round before leaving.")
+        float,
+        typer.Option(metavar="SECONDS", help="How long to wait for the next round before leaving."),
     ] = 60.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Join a study in a database from this (or another) machine and work on its trials."""
+    """Work on a study in a database, from this or another machine."""
     from hpsearch.engine import Interrupted, join_study
     from hpsearch.progress import make_progress
 
@@ -180,14 +250,14 @@ def _print_outcome(summary: dict[str, Any]) -> None:
 @app.command()
 @user_errors
 def rerun(
-    run: Annotated[str, typer.Argument(help="Run folder, its name, or 'latest'.")],
-    trial: Annotated[int, typer.Argument(help="The trial's number.")],
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Where run folders are.")
-    ] = DEFAULT_RUNS_DIR,
+    run: RunArg,
+    trial: Annotated[int, typer.Argument(metavar="TRIAL", help="The trial's number.")],
+    device: DeviceOpt = None,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
 ) -> None:
-    """Re-train one trial from its recorded spec, params and seed, and compare.
+    """Re-train one trial from its record and compare.
+
+    The trial's recorded spec, params and seed are trained again into the run's reruns/.
 
     Exits 1 when the metrics differ from the recorded ones by more than 1e-4.
     """
@@ -229,7 +299,7 @@ def validate(spec: SpecArg) -> None:
 
 @app.command()
 def schema() -> None:
-    """Print the spec's JSON Schema (for editor completion and validation)."""
+    """Print the spec's JSON Schema, for editors."""
     from hpsearch.spec import Spec
 
     print(json.dumps(Spec.model_json_schema(), indent=2))
@@ -243,27 +313,30 @@ def main() -> None:  # pragma: no cover - console entry point
 @user_errors
 def report(
     run: Annotated[
-        str | None, typer.Argument(help="Run folder (default: the newest under --runs-dir).")
+        str | None,
+        typer.Argument(metavar="RUN", help="Run folder (default: the newest under --runs-dir)."),
     ] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="table, json, markdown or html.")
-    ] = "table",
-    top: Annotated[int, typer.Option(help="How many of the best trials to list.")] = 10,
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Where run folders are.")
-    ] = DEFAULT_RUNS_DIR,
+        ReportFormat, typer.Option("--format", help="Terminal table, or a file to share.")
+    ] = ReportFormat.table,
+    top: Annotated[
+        int, typer.Option(metavar="K", help="How many of the best trials to list.")
+    ] = 10,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
     storage: Annotated[
-        str | None, typer.Option(help="Report a study from this database alone.")
+        str | None,
+        typer.Option(metavar="URL", help="Report a study from this database alone."),
     ] = None,
-    study: Annotated[str | None, typer.Option(help="The study's name (with --storage).")] = None,
+    study: Annotated[
+        str | None, typer.Option(metavar="NAME", help="The study's name (with --storage).")
+    ] = None,
 ) -> None:
-    """Explain a run: trials, best model, bias/variance diagnosis, warnings, plots."""
+    """Explain a run: best model, diagnosis, advice, plots."""
     from rich.console import Console
 
     from hpsearch import report as reports
 
-    if output_format not in ("table", "json", "markdown", "html"):
-        raise InputError(f"--format: '{output_format}' is not one of table, json, markdown, html")
+    output_format = output_format.value
     if (storage is None) != (study is None):
         raise InputError("--storage and --study go together")
     if storage is not None:
@@ -286,17 +359,18 @@ def report(
 
 @app.command()
 @user_errors
-def runs(
-    runs_dir: Annotated[
-        Path, typer.Option("--runs-dir", help="Where run folders are.")
-    ] = DEFAULT_RUNS_DIR,
-) -> None:
+def runs(runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR) -> None:
     """List run folders: strategy, state, trials and best value."""
     from rich.console import Console
 
     from hpsearch.report import runs_table
+    from hpsearch.runs import list_runs
 
-    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(runs_dir))
+    folders = list_runs(runs_dir)
+    if not folders:
+        print(f"no runs in {runs_dir}/ yet; start one with: hpsearch run SPEC", file=sys.stderr)
+        return
+    Console(width=None if sys.stdout.isatty() else 200).print(runs_table(runs_dir, folders))
 
 
 def _error_rate(name: str, text: str | None) -> float | None:
@@ -310,29 +384,34 @@ def _error_rate(name: str, text: str | None) -> float | None:
         raise InputError(f"{name}: {exc}") from None
 
 
-ErrorOpt = Annotated[str | None, typer.Option(help="Fraction (0.035) or percent (3.5%).")]
+ErrorOpt = Annotated[
+    str | None, typer.Option(metavar="RATE", help="Fraction (0.035) or percent (3.5%).")
+]
 SizeOpt = Annotated[
-    int | None, typer.Option(help="Examples the error was measured on (for intervals).")
+    int | None,
+    typer.Option(metavar="N", help="Examples the error was measured on (for intervals)."),
 ]
 
 
 @app.command()
 @user_errors
 def diagnose(
-    train_error: Annotated[str, typer.Option(help="Train error: 0.035 or 3.5%.")],
-    dev_error: Annotated[str, typer.Option(help="Dev error: 0.035 or 3.5%.")],
+    train_error: Annotated[str, typer.Option(metavar="RATE", help="Train error: 0.035 or 3.5%.")],
+    dev_error: Annotated[str, typer.Option(metavar="RATE", help="Dev error: 0.035 or 3.5%.")],
     human_error: ErrorOpt = None,
     bayes_error: ErrorOpt = None,
     test_error: ErrorOpt = None,
     tolerance: Annotated[
-        str, typer.Option(help="A component above this is high (default one point).")
+        str, typer.Option(metavar="RATE", help="A component above this is high (one point).")
     ] = "0.01",
     n_train: SizeOpt = None,
     n_dev: SizeOpt = None,
     n_test: SizeOpt = None,
-    output_format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    output_format: Annotated[
+        DiagnoseFormat, typer.Option("--format", help="Text, or the diagnosis object.")
+    ] = DiagnoseFormat.table,
 ) -> None:
-    """Bias / variance analysis for train, dev (and test) errors from anywhere.
+    """Bias/variance analysis of error rates from anywhere.
 
     With the split sizes (--n-train, --n-dev, --n-test) each part is judged on its 95%
     interval: high, low, or can't tell (with how many examples would tell).
@@ -340,8 +419,6 @@ def diagnose(
     from hpsearch.diagnosis import Sample, summary_lines
     from hpsearch.diagnosis import diagnose as run_diagnosis
 
-    if output_format not in ("table", "json"):
-        raise InputError(f"--format: '{output_format}' is not one of table, json")
     sizes = {"train": n_train, "dev": n_dev, "test": n_test}
     for split, n in sizes.items():
         if n is not None and n < 1:
@@ -359,7 +436,7 @@ def diagnose(
         )
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if output_format == "json":
+    if output_format == DiagnoseFormat.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print("\n".join(summary_lines(result)))

@@ -125,7 +125,7 @@ def with_overrides(spec: Spec, options: RunOptions) -> Spec:
         raw["search"] = {**(raw.get("search") or {}), **search_update}
     if options.storage is not None:
         raw["storage"] = options.storage
-    return spec_from_dict(raw, source="command line")
+    return spec_from_dict(raw, source="command line").located_like(spec)
 
 
 def prepare(spec: Spec) -> Dataset:

@@ -161,8 +161,14 @@ def best_so_far_figure(summary: Mapping[str, Any]) -> Figure | None:
         ylabel=metric,
         title=f"{metric} per trial and best so far ({'maximize' if maximize else 'minimize'})",
     )
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return figure
+
+
+def _legend_outside(ax: Axes) -> None:
+    """The legend beside the plot, not over it: the best points sit in a corner of the axes,
+    where a legend inside would cover them."""
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def parameter_figure(summary: Mapping[str, Any], path: str, param: ParamSpec) -> Figure | None:
@@ -195,7 +201,7 @@ def parameter_figure(summary: Mapping[str, Any], path: str, param: ParamSpec) ->
         zorder=4,
     )
     ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric} vs {path}")
-    ax.legend(fontsize="small")
+    _legend_outside(ax)
     return figure
 
 
@@ -383,5 +389,5 @@ def write_plots(run: RunFolder, top: int = 5) -> dict[str, Path]:
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")  # room for a legend beside the axes
     return path

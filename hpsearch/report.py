@@ -689,13 +689,13 @@ def write_report(run: RunFolder, fmt: str, top: int = 10) -> Path | None:
     return path
 
 
-def runs_table(runs_dir: Path) -> Table:
+def runs_table(runs_dir: Path, folders: list[RunFolder] | None = None) -> Table:
     """One row per run folder under `runs_dir`, newest last; unreadable runs say 'unknown'."""
-    table = Table(title=f"runs in {runs_dir}", title_justify="left")
+    table = Table(title=f"run folders in {runs_dir}/", title_justify="left")
     for column in ("run", "date", "strategy", "state", "complete/total", "best"):
         # a run's full name is what --resume and report take: fold it, never cut it
         table.add_column(column, overflow="fold" if column == "run" else "ellipsis")
-    for folder in list_runs(runs_dir):
+    for folder in list_runs(runs_dir) if folders is None else folders:
         table.add_row(*(Text(cell) for cell in run_row(folder)))
     return table
 

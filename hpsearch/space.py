@@ -24,7 +24,14 @@ from optuna.distributions import (
 from pydantic import ValidationError
 
 from hpsearch.errors import InputError
-from hpsearch.spec import ParamSpec, Spec, describe_validation_error, field_types
+from hpsearch.spec import (
+    ParamSpec,
+    Spec,
+    closest_path,
+    describe_validation_error,
+    field_paths,
+    field_types,
+)
 
 # Sizing a model by `hidden` or by `layers` + `units` are exclusive; setting one clears the other.
 _EXCLUSIVE = {
@@ -97,9 +104,9 @@ def _kind(path: str, param: ParamSpec) -> str:
     types = field_types(path)
     where = f"search.space[{path}]"
     if types is None or path.split(".")[0] in _FIXED_SECTIONS:
-        raise InputError(
-            f"{where}: '{path}' is not a searchable spec field (e.g. train.lr, model.hidden)"
-        )
+        close = closest_path(path, searchable_paths())
+        hint = f"did you mean {close}?" if close else "e.g. train.lr, model.hidden"
+        raise InputError(f"{where}: '{path}' is not a searchable spec field; {hint}")
     numeric = [t for t in types if t in (int, float)]
     if param.is_range:
         if not numeric:
@@ -124,20 +131,32 @@ def parse_space(spec: Spec) -> list[Param]:
         return []
     params: list[Param] = []
     for path, param_spec in spec.search.space.items():
-        param = Param(path, param_spec, _kind(path, param_spec))
-        for value in param.options:
-            _check_value(spec, path, value)
-        for condition in param_spec.when or {}:
-            if condition == path or field_types(condition) is None:
-                raise InputError(
-                    f"search.space[{path}].when: '{condition}' is not a spec field "
-                    "or another parameter"
-                )
-        params.append(param)
-    if spec.search.strategy == "grid":
-        for param in params:
-            param.grid_values()
+        try:
+            params.append(_parse_param(spec, path, param_spec))
+        except InputError as exc:
+            if exc.source is not None:  # already placed (a spec file's own error)
+                raise
+            raise spec.error_at(("search", "space", path), str(exc)) from None
     return params
+
+
+def searchable_paths() -> list[str]:
+    """The dotted spec fields a search space may name."""
+    return [p for p in field_paths(Spec) if "." in p and p.split(".")[0] not in _FIXED_SECTIONS]
+
+
+def _parse_param(spec: Spec, path: str, param_spec: ParamSpec) -> Param:
+    param = Param(path, param_spec, _kind(path, param_spec))
+    for value in param.options:
+        _check_value(spec, path, value)
+    for condition in param_spec.when or {}:
+        if condition == path or field_types(condition) is None:
+            raise InputError(
+                f"search.space[{path}].when: '{condition}' is not a spec field or another parameter"
+            )
+    if spec.search is not None and spec.search.strategy == "grid":
+        param.grid_values()
+    return param
 
 
 def _check_value(spec: Spec, path: str, value: Any) -> None:

@@ -20,6 +20,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -28,6 +29,7 @@ from pydantic import (
 from hpsearch.errors import InputError
 
 DATASET_PREFIXES = ("sklearn:", "synthetic:")
+Path_ = tuple[str | int, ...]  # a key path into the YAML document: ("search", "space", "train.lr")
 SKLEARN_DATASETS = ("iris", "wine", "breast_cancer", "digits", "diabetes")
 SYNTHETIC_KINDS = ("classification", "regression")
 DEFAULT_HIDDEN = [64, 64]
@@ -276,7 +278,18 @@ class SearchSpec(Strict):
     stack: Literal["auto", "off"] | PositiveInt = "auto"
     panda: PandaOptions = PandaOptions()
     rerank: Rerank | None = None
-    space: dict[str, ParamSpec] = {}
+    space: dict[str, ParamSpec] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("space")
+    @classmethod
+    def _something_to_search(cls, value: dict[str, ParamSpec]) -> dict[str, ParamSpec]:
+        # every configuration would be the same one, trained with the same seed
+        if not value:
+            raise ValueError(
+                "a search needs at least one parameter, e.g. train.lr: {low: 1.0e-4, high: "
+                "0.1, log: true}; to train one model, leave out the search section"
+            )
+        return value
 
     @field_validator("stack", mode="before")
     @classmethod
@@ -295,8 +308,24 @@ class SearchSpec(Strict):
 # --- the whole spec ---------------------------------------------------------------------------
 
 
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class TrackingSpec(Strict):
+    """`tracking: {mlflow: URI}`: also log every trial to MLflow (the `mlflow` extra).
+
+    The URI is MLflow's own (`sqlite:///mlflow.db`, `http://host:5000`, ...); a relative path
+    in it is relative to the current directory, as MLflow and SQLAlchemy read it (like
+    `storage:`), not to the spec file. `mlflow: null` or `""`: MLflow's default,
+    $MLFLOW_TRACKING_URI if set, else `sqlite:///mlflow.db` in the current directory, where a
+    plain `mlflow ui` finds it (see hpsearch.tracking).
+    """
+
+    mlflow: str | None = None
+
+
 class Spec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    name: str
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     data: DataSpec
@@ -307,6 +336,40 @@ class Spec(Strict):
     bayes_error: float | None = Field(None, ge=0, le=1)
     search: SearchSpec | None = None
     storage: str | None = None
+    tracking: TrackingSpec | None = None
+    # where the spec was read from, for errors found after validation (e.g. in the space)
+    _source: str | None = PrivateAttr(None)
+    _lines: dict[Path_, int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_folders(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError(
+                "a name becomes part of the run folder's name: use letters, digits and . _ - "
+                f"(no spaces; at most 100, starting with a letter or digit), e.g. "
+                f"'{_suggest_name(value)}'"
+            )
+        return value
+
+    def error_at(self, loc: Path_, message: str) -> InputError:
+        """An input error about the spec at key path `loc`, with the file and YAML line it
+        was read from (the nearest enclosing key that has one)."""
+        line = next(
+            (self._lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in self._lines), None
+        )
+        return InputError(message, source=self._source, line=line)
+
+    def __eq__(self, other: object) -> bool:
+        # two specs are equal by their fields, wherever they were read from
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like every pydantic model
+
+    def located_like(self, other: Spec) -> Spec:
+        """This spec, reporting errors at `other`'s file and lines (after CLI overrides)."""
+        self._source, self._lines = other._source, other._lines
+        return self
 
     @model_validator(mode="after")
     def _bayes_below_human(self) -> Spec:
@@ -317,6 +380,42 @@ class Spec(Strict):
         ):
             raise ValueError("bayes_error cannot exceed human_level_error")
         return self
+
+
+def _suggest_name(value: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", value.strip()).strip("-._")[:100]
+    return cleaned or "my-run"
+
+
+def field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted path of a leaf field under `model` ('train.lr', 'train.early_stopping.
+    patience'), for suggestions when a path is misspelled."""
+    paths = []
+    for name, field in model.model_fields.items():
+        path = f"{prefix}{name}"
+        nested = [
+            t for t in _unwrap(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        paths.append(path)
+        for sub in nested:
+            paths.extend(field_paths(sub, f"{path}."))
+    return paths
+
+
+def closest_path(path: str, candidates: list[str]) -> str | None:
+    """The candidate a misspelled dotted path most likely meant ('train.learning_rate' ->
+    'train.lr'): the best close match of the whole path, else of its last part."""
+    head, _, leaf = path.rpartition(".")
+    # common synonyms the spelling alone does not reach
+    synonyms = {"learning_rate": "lr", "weight_decay": "l2", "width": "hidden"}
+    if f"{head}.{synonyms.get(leaf)}" in candidates:
+        return f"{head}.{synonyms[leaf]}"
+    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.75)
+    if close:
+        return close[0]
+    leaves = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == head}
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    return leaves[close[0]] if close else None
 
 
 # --- durations --------------------------------------------------------------------------------
@@ -356,8 +455,6 @@ SpecLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
-
-Path_ = tuple[str | int, ...]
 
 
 def _key_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], source: str) -> None:
@@ -582,7 +679,9 @@ def load_spec(path: str | Path) -> Spec:
         data_source = raw["data"].get("source")
         if isinstance(data_source, str) and not data_source.startswith(DATASET_PREFIXES):
             raw["data"]["source"] = str((path.parent / data_source).resolve())
-    return spec_from_dict(raw, source, lines)
+    spec = spec_from_dict(raw, source, lines)
+    spec._source, spec._lines = source, lines
+    return spec
 
 
 def spec_to_yaml(spec: Spec) -> str:

@@ -109,7 +109,8 @@ BAD_SPECS.update(
             "steps",
         ),
         "refine-with-tpe": (
-            TINY + "search: {strategy: tpe, refine: {rounds: 1, keep: 0.5}}\n",
+            TINY + "search: {strategy: tpe, refine: {rounds: 1, keep: 0.5}, "
+            "space: {train.lr: {choices: [0.1]}}}\n",
             "search.refine",
         ),
     }
@@ -248,7 +249,7 @@ def test_every_bad_spec_through_the_cli(tmp_path, write_spec, text, expected):
         (["--storage", "postgresql://u:secret@127.0.0.1:1/db"], "storage"),
         (["--storage", "sqlite:////no/such/dir/x.db"], "cannot connect"),
         (["--trials", "0"], "search.trials"),
-        (["--mode", "zoo"], "search.mode"),
+        (["--mode", "zoo"], "--mode"),
         (["--study", "s"], "--study"),
     ],
 )
@@ -312,3 +313,35 @@ def test_unreadable_data_file_exits_2(tmp_path, write_spec, monkeypatch):
     assert result.exit_code == 2
     assert "cannot read the data file: Permission denied" in result.stderr
     assert not runs.exists()
+
+
+def test_runs_without_any_run_says_how_to_start_one(tmp_path):
+    for runs_dir in (tmp_path / "missing", tmp_path):
+        result = invoke("runs", "--runs-dir", runs_dir)
+        assert result.exit_code == 0
+        assert result.stdout == ""
+        assert f"no runs in {runs_dir}/ yet; start one with: hpsearch run SPEC" in result.stderr
+
+
+def test_version_and_short_help():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout == f"hpsearch {version('hpsearch')}\n"
+    for command in ([], ["run"], ["report"], ["diagnose"]):
+        short, long = invoke(*command, "-h"), invoke(*command, "--help")
+        assert short.exit_code == 0 and short.stdout == long.stdout
+        assert "-h, --help" in short.stdout
+
+
+def test_option_choices_are_the_specs_own():
+    """The CLI lists --mode and --strategy choices without importing the spec; they must stay
+    the spec's."""
+    from typing import get_args
+
+    from hpsearch.cli import Mode, Strategy
+    from hpsearch.spec import SearchSpec
+
+    for choice, field in ((Mode, "mode"), (Strategy, "strategy")):
+        spec_choices = get_args(SearchSpec.model_fields[field].annotation)
+        assert [c.value for c in choice] == list(spec_choices)

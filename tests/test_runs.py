@@ -1,6 +1,5 @@
 """The run folder: paths that never create, names that never collide, atomic files."""
 
-import json
 import os
 from datetime import datetime
 
@@ -16,6 +15,7 @@ from hpsearch.runs import (
     list_runs,
     read_json,
     read_jsonl,
+    write_bytes,
     write_json,
 )
 
@@ -96,7 +96,7 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(json, "dump", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with pytest.raises(OSError):
         write_json(path, {"a": 2})
     assert read_json(path) == {"a": 1}  # the old file stands
@@ -113,3 +113,14 @@ def test_json_lines_round_trip_and_skip_blank_lines(tmp_path):
         handle.write("\n")
     append_jsonl(path, {"epoch": 2, "where": tmp_path})
     assert read_jsonl(path) == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "where": str(tmp_path)}]
+
+
+def test_atomic_writes_get_the_mode_of_any_other_file(tmp_path):
+    """mkstemp makes its file private (0600); a run folder's JSON and weights are shared like
+    the rest of it (0666 less the umask)."""
+    write_json(tmp_path / "summary.json", {"a": 1})
+    write_bytes(tmp_path / "model.pt", b"weights")
+    (tmp_path / "plain.txt").write_text("x")
+    plain = (tmp_path / "plain.txt").stat().st_mode & 0o777
+    for name in ("summary.json", "model.pt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == plain

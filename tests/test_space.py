@@ -103,3 +103,28 @@ def test_grid_range_needs_steps():
 def test_apply_params_hidden_replaces_layers_units():
     spec = make_spec(model={"hidden": None, "layers": 2, "units": 4})
     assert apply_params(spec, {"model.hidden": [7]}).model.widths == [7]
+
+
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [
+        ("train.learning_rate", "train.lr"),
+        ("train.batchsize", "train.batch_size"),
+        ("model.dropuot", "model.dropout"),
+        ("trian.lr", "train.lr"),
+        ("train.weight_decay", "train.l2"),
+    ],
+)
+def test_a_misspelled_path_is_named_at_its_yaml_line_with_what_was_meant(tmp_path, path, meant):
+    from hpsearch.spec import load_spec
+
+    (tmp_path / "spec.yaml").write_text(
+        "name: t\ndata: {source: 'sklearn:iris'}\nsearch:\n  space:\n"
+        "    model.dropout: {low: 0.0, high: 0.5}\n"
+        f"    {path}: {{low: 0.1, high: 0.9}}\n"
+    )
+    spec = load_spec(tmp_path / "spec.yaml")
+    with pytest.raises(InputError) as caught:
+        parse_space(spec)
+    assert str(caught.value).startswith(f"{tmp_path / 'spec.yaml'}:6: search.space[{path}]")
+    assert f"did you mean {meant}?" in str(caught.value)

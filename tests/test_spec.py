@@ -165,14 +165,29 @@ def test_union_refusals_read_as_one_sentence(tmp_path):
 
 
 def test_bare_off_means_off(tmp_path):
-    spec = load_spec(write(tmp_path, MINIMAL + "search: {stack: off}\n"))
+    text = MINIMAL + "search: {stack: off, space: {train.lr: {choices: [0.1]}}}\n"
+    spec = load_spec(write(tmp_path, text))
     assert spec.search.stack == "off"
 
 
 def test_rerank_needs_two_configurations_and_a_seed():
     from hpsearch.spec import SearchSpec
 
-    assert SearchSpec(rerank={"top": 3, "seeds": 2}).rerank.top == 3
+    space = {"train.lr": {"choices": [0.1]}}
+    assert SearchSpec(rerank={"top": 3, "seeds": 2}, space=space).rerank.top == 3
     for bad in ({"top": 1}, {"seeds": 0}, {"top": 2, "seeds": 1, "extra": 1}):
         with pytest.raises(ValueError):
-            SearchSpec(rerank=bad)
+            SearchSpec(rerank=bad, space=space)
+
+
+def test_a_name_that_cannot_be_a_folder_name_says_why_and_suggests_one(tmp_path):
+    message = load_error(tmp_path, "name: my run\ndata: {source: sklearn:iris}\n")
+    assert "spec.yaml:1: name:" in message
+    assert "run folder" in message and "'my-run'" in message
+    assert "pattern" not in message  # not pydantic's regex
+
+
+def test_a_search_without_a_space_is_refused(tmp_path):
+    """Every trial would train the same configuration with the same seed."""
+    message = load_error(tmp_path, MINIMAL + "search: {trials: 5}\n")
+    assert "search.space: a search needs at least one parameter" in message
