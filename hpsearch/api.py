@@ -47,9 +47,14 @@ class SearchResult:
 
 
 def _search_spec(
-    strategy: str, trials: int | None, population: int, refine: dict[str, Any] | None
+    strategy: str,
+    trials: int | None,
+    population: int,
+    refine: dict[str, Any] | None,
+    space: dict[str, dict[str, Any]],
 ) -> SearchSpec:
     raw: dict[str, Any] = {"strategy": strategy, "trials": trials, "population": population}
+    raw["space"] = space
     if refine is not None:
         raw["refine"] = refine
     try:
@@ -103,10 +108,10 @@ def minimize(
             f"minimize() does not take {named}: {why}; its options are strategy, trials, seed, "
             "population and refine"
         )
-    search = _search_spec(strategy, trials, population, refine)
-    params = parse_free_space(space)
-    if not params:
+    if not space:
         raise InputError("space: give at least one parameter")
+    search = _search_spec(strategy, trials, population, refine, space)
+    params = parse_free_space(space)
     with quiet_optuna():
         study = optuna.create_study(sampler=make_sampler(search, seed), direction="minimize")
         budgets = round_budgets(search)

@@ -180,7 +180,7 @@ def run(
     try:
         result = run_spec(spec, options, make_progress(quiet))
     except Interrupted as stop:
-        print(f"interrupted: finished trials are kept in {stop.run.root}", file=sys.stderr)
+        print(f"interrupted: {stop.kept()}", file=sys.stderr)
         print(f"resume with: hpsearch run {spec} --resume {stop.run.root}", file=sys.stderr)
         if json_output:
             print(json.dumps(stop.summary, indent=2))
@@ -225,7 +225,7 @@ def worker(
     try:
         result = join_study(storage, study, runs_dir, progress, workers, device, data, wait)
     except Interrupted:
-        print(f"interrupted: finished trials are kept in the study '{study}'", file=sys.stderr)
+        print(f"interrupted: what finished stays in the study '{study}'", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         progress.close()

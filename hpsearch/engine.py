@@ -34,8 +34,9 @@ from hpsearch.objective import (
     run_trial,
     score_best,
 )
-from hpsearch.outcome import RunState
-from hpsearch.progress import ProgressSink, Reviewer, SilentProgress, make_reviewer
+from hpsearch.outcome import Reason, RunState
+from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.review import make_reviewer
 from hpsearch.runs import (
     DEFAULT_RUNS_DIR,
     RunFolder,
@@ -75,6 +76,20 @@ class Interrupted(Exception):
         super().__init__(f"interrupted; resume with: hpsearch run SPEC --resume {run.root}")
         self.run = run
         self.summary = summary
+
+    def kept(self) -> str:
+        """What the stop kept, truthfully: finished trials, or only checkpoints, or nothing."""
+        trials = self.summary.get("trials", [])
+        finished = sum(t.get("reason") != Reason.INTERRUPTED for t in trials)
+        if finished:
+            return f"{finished} finished trial{'s' * (finished != 1)} kept in {self.run.root}"
+        saved = [t for t in trials if self.run.trial(t["number"]).checkpoint.exists()]
+        if saved:
+            return (
+                f"no trial had finished; {len(saved)} checkpointed mid-training in "
+                f"{self.run.root} continue where they stopped"
+            )
+        return f"no trial had finished; {self.run.root} holds the run's setup"
 
 
 @dataclass(frozen=True)
@@ -229,7 +244,14 @@ def run_search(
     """Plan and run the search of `spec` in `run` (a new run folder, or a stopped one)."""
     search = Search(spec, data, run, progress, study_name or run.name, reviewer, planner=True)
     if resuming:
-        recover(search.study, search.storage, run, search.decode)
+        retried = recover(search.study, search.storage, run, search.decode)
+        kept = [o for o in search.live.outcomes() if o.reason_kind != Reason.INTERRUPTED]
+        print(
+            f"resuming {run.root}: {len(kept)} finished trial{'s' * (len(kept) != 1)} kept, "
+            f"{retried} interrupted configuration{'s' * (retried != 1)} retried",
+            file=sys.stderr,
+            flush=True,
+        )
         run.clear_stop()
         search.study.set_user_attr(STATE_ATTR, RunState.RUNNING.value)
     elif SPEC_ATTR not in search.study.user_attrs:
@@ -329,7 +351,7 @@ def study_folder(url: str, study_name: str, runs_dir: Path) -> RunFolder:
         return run
 
 
-def reviewer_for(spec: Spec) -> Reviewer | None:
+def reviewer_for(spec: Spec, progress: ProgressSink) -> Reviewer | None:
     """panda + interactive on a terminal: ask before each trial; elsewhere, say why not."""
     search = spec.search
     if search is None or search.mode != "panda" or not search.panda.interactive:
@@ -337,7 +359,7 @@ def reviewer_for(spec: Spec) -> Reviewer | None:
     if not sys.stdin.isatty():
         print("warning: interactive panda needs a terminal; running unattended", file=sys.stderr)
         return None
-    return make_reviewer(parse_space(spec), spec)
+    return make_reviewer(parse_space(spec), spec, progress)
 
 
 def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResult:
@@ -358,7 +380,9 @@ def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResul
     data = prepare(spec)
     write_text(run.spec, spec_to_yaml(masked(spec)))
     name = read_json(run.summary).get("study") if run.summary.exists() else None
-    return run_search(spec, data, run, progress, True, reviewer_for(spec), name or run.name)
+    return run_search(
+        spec, data, run, progress, True, reviewer_for(spec, progress), name or run.name
+    )
 
 
 def _split_hashes(split_info: dict[str, Any]) -> dict[str, Any]:
@@ -406,7 +430,12 @@ def run_spec(
                 )
             run = start_run(spec, data, options.runs_dir)
             return run_search(
-                spec, data, run, progress, reviewer=reviewer_for(spec), study_name=options.study
+                spec,
+                data,
+                run,
+                progress,
+                reviewer=reviewer_for(spec, progress),
+                study_name=options.study,
             )
     finally:
         progress.close()

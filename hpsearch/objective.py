@@ -205,6 +205,11 @@ def _settle(
     outcome.best_epoch = result.best_epoch
     outcome.epochs_run = result.epochs_run
     outcome.stopped_early = result.stopped_early
+    outcome.rescues = [
+        {key: event[key] for key in ("epoch", "reason", "lr")}
+        for event in result.history
+        if event.get("event") == "rescue"
+    ]
     outcome.value = objective_value(spec, result.metrics)
     outcome.stack = stack
 

@@ -54,8 +54,9 @@ class Reason(_Text):
 
 class RunState(_Text):
     RUNNING = "running"
-    FINISHED = "finished"
-    INTERRUPTED = "interrupted"
+    FINISHED = "finished"  # the budget (or the time) ran out
+    STOPPED = "stopped"  # the user ended it (panda --interactive: s); the best is scored
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM: resumable
 
 
 @dataclass
@@ -77,6 +78,8 @@ class TrialOutcome:
     resumed_from: int | None = None  # the trial whose checkpoint this one continued
     resumed_epoch: int = 0  # epochs already trained in that checkpoint
     rerank_of: int | None = None  # search.rerank: the trial whose configuration this re-trains
+    # panda's rescues: {epoch, reason, lr} each, the lr being what training went on with
+    rescues: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)  # from JSON: plain text

@@ -75,6 +75,12 @@ class Report:
         return self.summary.get("failure_reasons") or {}
 
     @property
+    def rescued(self) -> dict[int, list[dict[str, Any]]]:
+        """Panda's rescues, by trial number."""
+        trials = self.summary.get("trials") or []
+        return {t["number"]: t["rescues"] for t in trials if t.get("rescues")}
+
+    @property
     def wall_seconds(self) -> float | None:
         return self.summary.get("wall_seconds")
 
@@ -320,7 +326,12 @@ def trial_counts(report: Report) -> str:
     """'12 complete, 0 pruned, 2 failed (diverged: 2)'."""
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     reasons = ", ".join(f"{reason}: {n}" for reason, n in report.failure_reasons.items())
-    return counts + (f" ({reasons})" if reasons else "")
+    rescued = len(report.rescued)
+    return (
+        counts
+        + (f" ({reasons})" if reasons else "")
+        + (f"; {rescued} rescued by panda" if rescued else "")
+    )
 
 
 def _duration(seconds: float | None) -> str:
@@ -340,6 +351,9 @@ def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
     names = _column_names(report.varied)
     extra = [] if report.metric == "dev_error" else [report.metric]
     head = ["rank", "trial", *names, "train error", "dev error", *extra]
+    columns = [
+        _column_cells([t["params"].get(p, "—") for t in report.ranked]) for p in report.varied
+    ]
     rows = []
     for position, trial in enumerate(report.ranked, start=1):
         metrics = trial["metrics"]
@@ -347,13 +361,29 @@ def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
             [
                 str(position),
                 str(trial["number"]),
-                *(_compact(trial["params"].get(p, "—")) for p in report.varied),
+                *(cells[position - 1] for cells in columns),
                 report.format_error(metrics.get("train_error")),
                 report.format_error(metrics.get("dev_error")),
                 *(short_number(float(trial["value"])) for _ in extra),
             ]
         )
     return head, rows
+
+
+def _column_cells(values: list[Any]) -> list[str]:
+    """One column's cells in one notation: when any number needs a power of ten, all of them
+    get one (3.97e-3 above 4.28e-4, not 0.00397), so they compare at a glance."""
+    numbers = [v for v in values if isinstance(v, float)]
+    if numbers and any("e" in short_number(v) for v in numbers):
+        return [_scientific(v) if isinstance(v, float) else _compact(v) for v in values]
+    return [_compact(v) for v in values]
+
+
+def _scientific(value: float) -> str:
+    if value == 0:
+        return "0"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _compact(value: Any) -> str:
@@ -388,6 +418,11 @@ def best_lines(report: Report) -> list[str]:
         )
     if report.metric not in ("train_error", "dev_error", "test_error"):
         lines.append(f"{report.metric}: {short_number(float(best['value']))}")
+    for event in report.rescued.get(best["trial"], []):
+        lines.append(
+            f"rescued at epoch {event['epoch']} ({event['reason']}): rolled back to its best "
+            f"weights and trained on at lr {short_number(float(event['lr']))}"
+        )
     return lines + rerank_lines(report)
 
 
@@ -523,8 +558,15 @@ def _print_lines(console: Console, lines: list[str]) -> None:
 
 def _rich_table(title: str | None, head: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in head:
-        table.add_column(name, justify="right" if name in ("rank", "trial") else "left")
+    for index, name in enumerate(head):
+        # On a narrow terminal the headers wrap at their spaces, never the values: each column
+        # is as wide as its widest value, or its header's longest word.
+        widest = max((len(row[index]) for row in rows), default=0)
+        word = max(len(w) for w in name.split())
+        justify = "right" if name in ("rank", "trial") else "left"
+        table.add_column(
+            name, justify=justify, overflow="fold", min_width=widest, max_width=max(widest, word)
+        )
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
     return table

@@ -52,6 +52,8 @@ from hpsearch.workers import (
     worker_count,
 )
 
+ENDED = (RunState.FINISHED, RunState.STOPPED, RunState.INTERRUPTED)  # joiners leave then
+
 
 class Search:
     """One search over a study: rounds of trials until the budget or time runs out.
@@ -105,11 +107,13 @@ class Search:
         return self.run.stop_requested() or bool(self.deadline and time.time() >= self.deadline)
 
     def execute(self) -> RunState:
-        """Plan and run every round."""
+        """Plan and run every round (until the user stops it: `stopped`)."""
+        self.progress.search_started(self.live.status())
         for index in range(round_count(self.search)):
             target = self.plan(index)
             while True:
-                self.run_round(target, index)
+                if self.run_round(target, index):
+                    return RunState.STOPPED
                 self.wait_for_running()
                 # a trial whose worker died while we waited is queued again: run it too
                 if self.out_of_time() or budget_used(self.study) >= target:
@@ -120,7 +124,8 @@ class Search:
             index = round_count(self.search)
             target = self.plan_rerank(index)
             while not self.out_of_time() and budget_used(self.study) < target:
-                self.run_round(target, index)
+                if self.run_round(target, index):
+                    return RunState.STOPPED
                 self.wait_for_running()
         return RunState.FINISHED
 
@@ -191,27 +196,29 @@ class Search:
         """Work on the rounds another process plans, until it says the study is finished."""
         done: set[int] = set()
         idle_since = time.time()
+        self.progress.search_started(self.live.status())
         while not self.out_of_time():
             fresh = [r for r in load_rounds(self.study) if r["round"] not in done]
             for record in fresh:
                 self.run_round(record["target"], record["round"])
                 done.add(record["round"])
                 idle_since = time.time()
-            if self.study.user_attrs.get(STATE_ATTR) in (RunState.FINISHED, RunState.INTERRUPTED):
+            if self.study.user_attrs.get(STATE_ATTR) in ENDED:
                 break
             if not fresh and time.time() - idle_since > patience:
                 break  # the planner is gone or slow; the trials stay in the study
             time.sleep(1.0)
         return RunState.FINISHED
 
-    def run_round(self, target: int, index: int) -> None:
-        """Train the round up to `target`: here (panda, one worker) or in worker processes."""
+    def run_round(self, target: int, index: int) -> bool:
+        """Train the round up to `target`: here (panda, one worker) or in worker processes.
+        True when the user stopped the search."""
         if self.search.mode == "panda" or self.workers == 1:
             task = self.task(target, 0, index)
-            trial_loop(task, self.progress, lambda _: self.live.refresh())
-            return
+            return trial_loop(task, self.progress, lambda _: self.live.refresh())
         tasks = [self.task(target, w, index) for w in range(self.workers)]
-        run_processes(tasks, self.live.refresh, self.fail_trials_of)
+        run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
+        return False
 
     def task(self, target: int, worker: int, index: int) -> WorkerTask:
         caviar = self.search.mode == "caviar"
@@ -259,7 +266,7 @@ class Search:
         planner also records the end (and the best) in the study."""
         final = None
         best = best_outcome(self.spec, self.live.outcomes())
-        if state == RunState.FINISHED and best is not None:
+        if state in (RunState.FINISHED, RunState.STOPPED) and best is not None:
             model = self.run.trial(best.number).model
             fetched = not model.exists() and fetch_weights(self.study, best.number, model)
             final = score_best(self.spec, self.data, self.run, best)

@@ -40,6 +40,7 @@ COUNTED = (*FINISHED, TrialState.RUNNING)
 OUTCOME_ATTR, PID_ATTR, HOST_ATTR = "outcome", "worker_pid", "worker_host"
 RETRY_ATTR, REASON_ATTR, WEIGHTS_ATTR = "retry_of", "reason", "weights"
 SEED_ATTR, RERANK_ATTR = "seed", "rerank_of"  # a re-ranking trial's seed and configuration
+EDIT_OF_ATTR = "edit_of"  # panda --interactive: the proposal this trial's values replaced
 SHARED_WEIGHTS_LIMIT = 4 * 2**20  # bytes of model.pt a trial stores in a database study
 # Attributes of the study: what a worker joining from another machine needs, how far it is.
 SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
@@ -258,10 +259,32 @@ def fetch_weights(study: optuna.Study, number: int, model: Path) -> bool:
 
 
 def skip_trial(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Panda --interactive replaced this proposal: fail it without a folder; it is not counted
-    in the summary (Optuna cannot change a trial's params, so the edit is queued anew)."""
+    """A proposal that is not trained (panda --interactive: stopped or edited): failed without
+    a folder, and not counted in the summary."""
     trial.set_user_attr(REASON_ATTR, Reason.SKIPPED.value)
     study.tell(trial, state=TrialState.FAIL)
+
+
+def replace_trial(
+    study: optuna.Study, trial: optuna.Trial, params: dict[str, Any]
+) -> optuna.Trial | None:
+    """Panda --interactive edited this proposal: the proposal is failed as skipped (without a
+    folder; it is not counted) and the edit starts now as a new trial, which takes the next
+    number (Optuna cannot change a trial's params). None if another worker took it first.
+
+    The edit is queued like any fixed point, then claimed at once the way `study.ask` pops
+    its queue, so it runs next even when other points wait before it (a grid, retries)."""
+    skip_trial(study, trial)
+    study.enqueue_trial(params, user_attrs={EDIT_OF_ATTR: trial.number})
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    edit = max(
+        (t for t in waiting if t.user_attrs.get(EDIT_OF_ATTR) == trial.number),
+        key=lambda t: t.number,
+    )
+    storage = study._storage  # no public way to claim one queued trial
+    if not storage.set_trial_state_values(edit._trial_id, state=TrialState.RUNNING):
+        return None
+    return optuna.Trial(study, edit._trial_id)
 
 
 def mark_worker(trial: optuna.Trial) -> None:
@@ -404,10 +427,11 @@ def fail_running(
             fail_interrupted(study, trial, run, decode)
 
 
-def retry_interrupted(study: optuna.Study) -> None:
-    """Trials cut short run again (once each) instead of using up the budget."""
+def retry_interrupted(study: optuna.Study) -> int:
+    """Trials cut short run again (once each) instead of using up the budget; how many."""
     trials = study.get_trials(deepcopy=False)
     replaced = replaced_numbers(trials)
+    queued = 0
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
@@ -417,13 +441,15 @@ def retry_interrupted(study: optuna.Study) -> None:
         ):
             kept = {k: v for k, v in trial.user_attrs.items() if k in (SEED_ATTR, RERANK_ATTR)}
             study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
+            queued += 1
+    return queued
 
 
 def recover(
     study: optuna.Study, storage: optuna.storages.BaseStorage, run: RunFolder, decode: Decode
-) -> None:
+) -> int:
     """Resume: trials left RUNNING by dead processes are failed as interrupted, and every
-    interrupted trial is retried once.
+    interrupted trial is retried once (returns how many were queued again).
 
     In a database, only trials whose heartbeat stopped count as dead (others may be training
     on another machine right now); in a journal, no process of the run is alive any more."""
@@ -432,4 +458,4 @@ def recover(
     else:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_interrupted(study, trial, run, decode)
-    retry_interrupted(study)
+    return retry_interrupted(study)

@@ -15,12 +15,12 @@ import optuna
 from hpsearch.data import Dataset
 from hpsearch.diagnosis import Sample, diagnose
 from hpsearch.objective import FinalEvaluation
-from hpsearch.outcome import RunState, TrialOutcome, TrialState
+from hpsearch.outcome import Reason, RunState, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
 from hpsearch.storage import mask_url
-from hpsearch.study import Decode, outcome_of
+from hpsearch.study import Decode, outcome_of, replaced_numbers
 
 STATES = tuple(TrialState)
 SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json
@@ -133,6 +133,7 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
         "resumed_from": outcome.resumed_from,
         "resumed_epoch": outcome.resumed_epoch,
         "rerank_of": outcome.rerank_of,
+        "rescues": outcome.rescues,
     }
 
 
@@ -271,33 +272,40 @@ class SearchStatus:
     best_value: float | None
     best_trial: int | None
     metric: str
-    elapsed: float
+    elapsed: float  # seconds since this process started on the search
+    done_before: int = 0  # trials a resumed search had finished before this process started
 
     @property
     def eta(self) -> float | None:
-        if not self.total or not self.done or self.done >= self.total:
+        done_here = self.done - self.done_before
+        if not self.total or done_here <= 0 or self.done >= self.total:
             return None
-        return self.elapsed / self.done * (self.total - self.done)
+        return self.elapsed / done_here * (self.total - self.done)
 
     def text(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n)
         parts = [f"[{self.done}/{self.total or '?'}] {counts}"]
         if self.best_value is not None:
             parts.append(f"best {self.metric} {self.best_value:.4g} (trial {self.best_trial})")
-        parts.append(f"elapsed {_clock(self.elapsed)}")
+        parts.append(f"elapsed {clock(self.elapsed)}")
         if self.eta is not None:
-            parts.append(f"eta {_clock(self.eta)}")
+            parts.append(f"eta {clock(self.eta)}")
         return "  ".join(parts)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """0:42, 12:05, 1:02:03."""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def search_status(
-    spec: Spec, outcomes: list[TrialOutcome], total: int | None, elapsed: float
+    spec: Spec,
+    outcomes: list[TrialOutcome],
+    total: int | None,
+    elapsed: float,
+    done_before: int = 0,
 ) -> SearchStatus:
     best = best_outcome(spec, outcomes)
     return SearchStatus(
@@ -308,6 +316,7 @@ def search_status(
         best_trial=best.number if best else None,
         metric=spec.objective.metric,
         elapsed=elapsed,
+        done_before=done_before,
     )
 
 
@@ -340,6 +349,8 @@ class LiveSummary:
         self.started = time.perf_counter()
         self.known = self.outcomes()  # finished trials reported so far
         self.reported = {o.number for o in self.known}
+        # a resumed search keeps these; its interrupted trials are retried (and counted then)
+        self.done_before = sum(o.reason_kind != Reason.INTERRUPTED for o in self.known)
         self.written = 0.0  # perf_counter() of the last running summary
 
     def outcomes(self) -> list[TrialOutcome]:
@@ -368,8 +379,11 @@ class LiveSummary:
             self.written = time.perf_counter()
 
     def status(self) -> SearchStatus:
+        """Counted against the budget: a trial replaced by its retry counts once, as the retry."""
         elapsed = time.perf_counter() - self.started
-        return search_status(self.spec, self.known, self.total(), elapsed)
+        replaced = replaced_numbers(self.study.get_trials(deepcopy=False))
+        counted = [o for o in self.known if o.number not in replaced]
+        return search_status(self.spec, counted, self.total(), elapsed, self.done_before)
 
     def write(
         self,

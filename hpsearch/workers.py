@@ -25,7 +25,13 @@ import torch
 from hpsearch.data import Dataset
 from hpsearch.objective import TrialJob, job_for, resume_position, resume_state, run_stack
 from hpsearch.outcome import TrialOutcome
-from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.progress import (
+    ProgressSink,
+    QueueProgress,
+    Reviewer,
+    SilentProgress,
+    forward_events,
+)
 from hpsearch.rounds import Proposal
 from hpsearch.runs import RunFolder
 from hpsearch.space import Param, apply_params, suggest, to_optuna_params
@@ -45,6 +51,7 @@ from hpsearch.study import (
     open_storage,
     quiet_optuna,
     record_interrupted,
+    replace_trial,
     retried_number,
     share_weights,
     skip_trial,
@@ -186,13 +193,14 @@ def trial_loop(
     task: WorkerTask,
     progress: ProgressSink,
     on_finished: Callable[[TrialOutcome], None] | None = None,
-) -> None:
-    """Ask for trials until the round's target is reached; train and tell each one.
+) -> bool:
+    """Ask for trials until the round's target is reached; train and tell each one. True when
+    the user stopped the search (panda --interactive).
 
     With stacking, a worker asks for several trials at once and trains those of one shape
     together; each is told to the study on its own. With a reviewer (panda --interactive),
-    each proposal is shown first: an edited one is queued as the next trial, the original
-    skipped (not counted), and a stop ends the run's rounds too.
+    each proposal is shown first: an edit replaces it (as the next trial number; the proposal
+    is skipped, not counted), and a stop ends the run's rounds too.
     """
     run = RunFolder(task.run_root)
     storage = open_storage(task.spec.storage, run.study_log)
@@ -206,12 +214,12 @@ def trial_loop(
     database = is_database(storage)
     while True:
         if run.stop_requested() or (task.deadline and time.time() >= task.deadline):
-            return
+            return False
         with budget_lock(storage, task.study_name, run.root):
             fail_stale(study, storage)
             room = target - budget_used(study)
             if room <= 0:
-                return
+                return False
             trials = [ask_next(study) for _ in range(min(task.stack, room))]
         proposals = []
         for trial in trials:
@@ -220,14 +228,17 @@ def trial_loop(
         if task.review is not None:  # panda: one trial at a time
             trial, values = proposals[0]
             reviewed = task.review(trial.number, values)
-            if reviewed != values:
+            if reviewed is None:
                 skip_trial(study, trial)
-                if reviewed is None:
-                    run.request_stop()
-                    return
-                study.enqueue_trial(to_optuna_params(task.params, reviewed))
+                run.request_stop()
+                return True
+            if reviewed != values:
+                edit = replace_trial(study, trial, to_optuna_params(task.params, reviewed))
                 target += 1  # the skipped proposal does not count; its edit does
-                continue
+                if edit is None:
+                    continue
+                mark_worker(edit)
+                proposals = [(edit, suggest(edit, task.params, task.spec))]
         told: set[int] = set()
         try:
             for group in shape_groups(task.spec, run, proposals):
@@ -250,8 +261,9 @@ def trial_loop(
 # --- processes --------------------------------------------------------------------------------
 
 
-def _worker_main(tasks: Any) -> None:
-    """Entry point of a caviar worker process: take a task from the planner's queue, work."""
+def _worker_main(tasks: Any, events: Any = None) -> None:
+    """Entry point of a caviar worker process: take a task from the planner's queue, work;
+    with `events`, tell the planner's live view of each trial's start and epochs."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
     try:
         task: WorkerTask = tasks.get()
@@ -262,7 +274,7 @@ def _worker_main(tasks: Any) -> None:
         if task.threads:
             torch.set_num_threads(task.threads)
         with quiet_optuna():
-            trial_loop(task, SilentProgress())
+            trial_loop(task, SilentProgress() if events is None else QueueProgress(events))
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -272,20 +284,30 @@ def run_processes(
     on_tick: Callable[[], None],
     on_dead: Callable[[int], None],
     poll: float = 0.25,
+    progress: ProgressSink | None = None,
 ) -> None:
     """One spawned process per task, watched until all exit: `on_tick` every `poll` seconds
-    (report finished trials), `on_dead(pid)` once for a worker that died. On Ctrl-C the
+    (report finished trials), `on_dead(pid)` once for a worker that died; `progress`, when it
+    follows workers, hears each trial's start and epochs as they happen. On Ctrl-C the
     workers get STOP_GRACE seconds to record their trials as interrupted, then are killed."""
     context = multiprocessing.get_context("spawn")
     # Tasks (with the data) go through a queue, fed by a background thread, rather than as
     # the processes' arguments: a start then returns at once, so the workers import torch
     # side by side instead of one after another, and a stop is never stuck in a start.
     queue = context.Queue()
+    follow = progress is not None and progress.follows_workers
+    events = context.Queue() if follow else None
     processes = []
+
+    def tick() -> None:
+        if events is not None:
+            forward_events(events, progress)
+        on_tick()
+
     try:
         for w in range(len(tasks)):
             process = context.Process(
-                target=_worker_main, args=(queue,), name=f"hpsearch-worker-{w}"
+                target=_worker_main, args=(queue, events), name=f"hpsearch-worker-{w}"
             )
             processes.append(process)
             process.start()
@@ -294,13 +316,13 @@ def run_processes(
         noted: set[int] = set()
         while True:
             alive = [p for p in processes if p.is_alive()]
-            on_tick()
+            tick()
             for process in processes:
                 if process.exitcode not in (None, 0) and process.pid not in noted:
                     noted.add(process.pid)
                     on_dead(process.pid)
             if not alive:
-                on_tick()
+                tick()
                 return
             time.sleep(poll)
     except KeyboardInterrupt:

@@ -1,11 +1,12 @@
 import json
+import os
 import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, ROOT
 from tests.test_spec import BAD_SPEC_TEXTS
 
 runner = CliRunner()
@@ -345,3 +346,34 @@ def test_option_choices_are_the_specs_own():
     for choice, field in ((Mode, "mode"), (Strategy, "strategy")):
         spec_choices = get_args(SearchSpec.model_fields[field].annotation)
         assert [c.value for c in choice] == list(spec_choices)
+
+
+HELP_SNAPSHOTS = ROOT / "tests" / "snapshots" / "help"
+
+
+def _help_pages() -> dict[str, list[str]]:
+    commands = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+    return {"hpsearch": [], **{f"hpsearch-{name}": [name] for name in commands}}
+
+
+@pytest.mark.parametrize("page", list(_help_pages()))
+def test_help_matches_its_snapshot(page, monkeypatch):
+    """Every command's --help, as a user reads it at 100 columns. A change to the CLI shows
+    here as a diff; after checking it reads well, refresh the snapshots with
+    HPSEARCH_UPDATE_SNAPSHOTS=1 pytest tests/test_cli.py -k help."""
+    monkeypatch.setenv("COLUMNS", "100")
+    result = runner.invoke(app, [*_help_pages()[page], "--help"], prog_name="hpsearch")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    # what the help must never say again: flags that look like they take values, options
+    # whose values are a bare type instead of what to write
+    options = [line for line in text.splitlines() if line.lstrip().startswith("-")]
+    assert "<bool>" not in text
+    for wrong in ("<str>", "<list"):
+        assert not [line for line in options if wrong in line], f"{page}: {wrong}"
+    path = HELP_SNAPSHOTS / f"{page}.txt"
+    if os.environ.get("HPSEARCH_UPDATE_SNAPSHOTS") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"no snapshot {path}; run with HPSEARCH_UPDATE_SNAPSHOTS=1"
+    assert text == path.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -209,13 +210,23 @@ def test_sigint_exits_130_and_resumes(tmp_path):
     assert proc.returncode == 130, err
     assert time.time() - started < 15
     assert "--resume" in err
+    # 300 epochs: nothing had finished, and the message says so (and what it kept)
+    assert "interrupted: no trial had finished; " in err and "checkpointed mid-training" in err
     run = next(runs.iterdir())
     assert "RUNNING" not in states(run)
-    assert read_json(run / "summary.json")["state"] == "interrupted"
+    stopped = read_json(run / "summary.json")
+    assert stopped["state"] == "interrupted"
+    cut = sum(t["reason"] == "interrupted" for t in stopped["trials"])
     resumed = _cli("run", str(spec), "--runs-dir", str(runs), "--resume", str(run), "--trials", "3")
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert read_json(run / "summary.json")["state"] == "finished"
+    plural = "s" if cut != 1 else ""
+    said = f"resuming {run}: 0 finished trials kept, {cut} interrupted configuration{plural} "
+    assert said in err
+    # the status lines count against the budget: a retry replaces what it retries
+    counted = [int(n) for n in re.findall(r"^\[(\d+)/3\]", err, flags=re.MULTILINE)]
+    assert counted and max(counted) == 3, err
 
 
 def test_resume_refuses_incompatible_changes():
@@ -303,7 +314,7 @@ def test_panda_interactive_edit_and_stop(tmp_path):
     assert spec.search.panda.interactive
     data = prepare(spec)
     run = start_run(spec, data, tmp_path / "runs")
-    answers = iter(["accept", "edit", "accept", "stop"])
+    answers = iter(["accept", "edit", "stop"])  # an edit runs at once, without a second look
 
     def reviewer(number, values):
         answer = next(answers)
@@ -314,7 +325,11 @@ def test_panda_interactive_edit_and_stop(tmp_path):
     summary = run_search(spec, data, run, SilentProgress(), reviewer=reviewer).summary
     lrs = [t["params"]["train.lr"] for t in summary["trials"]]
     assert len(lrs) == 2 and lrs[1] == 0.05
+    # the edited proposal (1) is set aside; its edit runs as the next number
+    assert [t["number"] for t in summary["trials"]] == [0, 2]
     assert summary["counts"] == {"complete": 2, "pruned": 0, "failed": 0}
+    assert summary["state"] == "stopped"
+    assert summary["best"]["metrics"]["test_error"] is not None  # a stop still scores the best
 
 
 def test_panda_rescue_logs_its_decision(tmp_path):

@@ -1,14 +1,14 @@
-"""Live output: the status line, plain progress lines, and the interactive reviewer."""
+"""Live output: the status line, plain progress lines, the live view on a terminal."""
 
 import io
-
-from rich.console import Console
+import sys
+import time
 
 from hpsearch.outcome import TrialOutcome
-from hpsearch.progress import PlainProgress, make_reviewer, outcome_text
-from hpsearch.space import parse_space
+from hpsearch.progress import PlainProgress, outcome_text
 from hpsearch.summary import SearchStatus
-from tests.conftest import make_spec
+from tests.conftest import CONFIGS
+from tests.terminal import Terminal
 
 
 def status(done, total, elapsed=60.0):
@@ -48,27 +48,47 @@ def test_outcome_text():
     assert outcome_text(failed) == "trial 2 failed: diverged"
 
 
-def reviewer_with(answers):
-    spec = make_spec(search={"space": {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}})
-    console = Console(file=io.StringIO())
-    replies = iter(answers)
-    console.input = lambda prompt="": next(replies)
-    return make_reviewer(parse_space(spec), spec, console), console
+def test_plain_progress_says_when_a_trial_is_rescued():
+    stream = io.StringIO()
+    progress = PlainProgress(stream)
+    progress.trial_started(3, {"train.lr": 0.3}, epochs=20)
+    progress.epoch(3, {"epoch": 7, "event": "rescue", "reason": "plateau", "lr": 0.03})
+    said = stream.getvalue()
+    assert "trial 3 rescued at epoch 7 (plateau): back to its best weights, lr now 0.03" in said
 
 
-def test_reviewer_runs_edits_and_stops():
-    proposal = {"train.lr": 0.01}
-    review, _ = reviewer_with([""])
-    assert review(0, proposal) == proposal
-    review, _ = reviewer_with(["e", "train.lr=0.05"])
-    assert review(0, proposal) == {"train.lr": 0.05}
-    review, _ = reviewer_with(["s"])
-    assert review(0, proposal) is None
+def test_outcome_text_shows_the_rescued_lr_and_never_minus_zero():
+    rescued = TrialOutcome(
+        4, "complete", None, {"train.lr": 0.3}, 0, 0.1,
+        {"train_error": 0.05, "dev_error": 0.049999}, best_epoch=9, epochs_run=12,
+        rescues=[{"epoch": 7, "reason": "plateau", "lr": 0.03}],
+    )  # fmt: skip
+    text = outcome_text(rescued)
+    assert "train.lr=0.3→0.03" in text and "rescued at epoch 7 (plateau)" in text
+    assert "variance +0.0000" in text
 
 
-def test_reviewer_refuses_values_outside_the_space_and_asks_again():
-    review, console = reviewer_with(["e", "train.lr=5", "e", "model.nope=1", "e", "train.lr=0.02"])
-    assert review(0, {"train.lr": 0.01}) == {"train.lr": 0.02}
-    said = console.file.getvalue()
-    assert "train.lr: 5 is outside the search space" in said
-    assert "not a search parameter; one of: train.lr" in said
+def test_caviar_shows_a_row_for_a_running_trial_within_seconds_of_its_start(tmp_path):
+    """In a real terminal: the budget bar from the start, then a row per running trial (sent
+    by the worker processes epoch by epoch) soon after the first trial starts training."""
+    runs = tmp_path / "runs"
+    argv = [sys.executable, "-m", "hpsearch", "run", str(CONFIGS / "quickstart.yaml")]
+    terminal = Terminal([*argv, "--trials", "4", "--runs-dir", str(runs)], tmp_path, cols=110)
+    try:
+        terminal.wait_for("0/4 trials", timeout=30)
+        deadline = time.monotonic() + 60
+        while not list(runs.glob("*/trials/*/params.json")):  # written as a trial starts
+            terminal.pump(0.05)
+            assert time.monotonic() < deadline, terminal.text()
+        seen = terminal.wait_for(
+            lambda screen: any(
+                line.startswith("trial ") and " epoch " in line and "/100" in line
+                for line in screen.splitlines()
+            ),
+            timeout=5,
+        )
+        assert seen < 5
+        assert terminal.wait_exit(120) == 0
+        assert "best trial" in terminal.text()
+    finally:
+        terminal.close()

@@ -334,3 +334,35 @@ def test_the_html_report_of_a_grouped_run_shows_counts_and_verdicts(tmp_path):
     html = write_report(run, "html").read_text()
     assert "field" in html and "(n=300, 50%)" in html and "harder" in html
     assert "no data mismatch" in html
+
+
+def test_rescues_show_in_the_counts_and_the_best_trial(tmp_path):
+    best = trial(0, 0.05, params(lr=0.3))
+    best["rescues"] = [{"epoch": 7, "reason": "plateau", "lr": 0.03}]
+    other = trial(1, 0.2, params(lr=0.5))
+    text = text_of(load_report(make_run(tmp_path, [best, other])))
+    assert "1 rescued by panda" in text
+    assert "rescued at epoch 7 (plateau): rolled back to its best weights and trained on at lr" in (
+        text
+    )
+
+
+def test_a_column_of_numbers_is_written_in_one_notation(tmp_path):
+    """0.00397 above 4.28e-4 is hard to compare: a column that needs powers of ten gets them
+    throughout."""
+    trials = [trial(0, 0.1, params(lr=0.00397)), trial(1, 0.2, params(lr=0.000428))]
+    head, rows = trial_table(load_report(make_run(tmp_path, trials)))
+    lrs = [row[head.index("lr")] for row in rows]
+    assert lrs == ["3.97e-3", "4.28e-4"]
+    trials = [trial(0, 0.1, params(lr=0.00397)), trial(1, 0.2, params(lr=0.0428))]
+    head, rows = trial_table(load_report(make_run(tmp_path / "b", trials)))
+    assert [row[head.index("lr")] for row in rows] == ["0.00397", "0.0428"]
+
+
+def test_the_top_trials_table_never_cuts_a_value_on_80_columns(run):
+    console = Console(record=True, width=80)
+    render_console(load_report(run), console)
+    text = console.export_text()
+    assert "[32,16]" in text
+    table = text[text.index("Top 4 trials") : text.index("best trial")]
+    assert "…" not in table

@@ -190,7 +190,7 @@ def test_shape_key_separates_what_cannot_share_a_stack():
 
 def test_stack_size_follows_strategy_and_mode():
     def search(**kwargs):
-        return make_spec(search={"space": {}, **kwargs}).search
+        return make_spec(search={"space": {"train.lr": {"choices": [0.1]}}, **kwargs}).search
 
     assert stack_size(search(strategy="random")) == AUTO_STACK
     assert stack_size(search(strategy="grid")) == AUTO_STACK

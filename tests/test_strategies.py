@@ -106,7 +106,9 @@ def test_tighten_grid_keeps_one_spacing_margin():
 
 
 def test_refine_only_for_grid_and_random():
-    spec = make_spec(search={"strategy": "tpe", "refine": {"rounds": 1, "keep": 0.2}})
+    spec = make_spec(
+        search={"strategy": "tpe", "refine": {"rounds": 1, "keep": 0.2}, "space": SPACE}
+    )
     with pytest.raises(InputError, match="refine"):
         check_strategy(spec.search)
 

@@ -9,6 +9,8 @@ from hpsearch.spec import SearchSpec
 from hpsearch.workers import EpochReporter, pinned_gpu, shape_groups, stack_for, worker_count
 from tests.conftest import make_spec
 
+SPACE = {"train.lr": {"choices": [0.1]}}
+
 
 def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -21,19 +23,20 @@ def test_gpu_pinning_only_for_plain_cuda_on_several_gpus(monkeypatch):
 
 def test_worker_count(monkeypatch):
     cpu = torch.device("cpu")
-    assert worker_count(SearchSpec(mode="panda", workers=4), cpu) == 1
-    assert worker_count(SearchSpec(workers=3), cpu) == 3
+    assert worker_count(SearchSpec(space=SPACE, mode="panda", workers=4), cpu) == 1
+    assert worker_count(SearchSpec(space=SPACE, workers=3), cpu) == 3
     monkeypatch.setattr("hpsearch.workers.cores", lambda: 6)
-    assert worker_count(SearchSpec(), cpu) == 6
+    assert worker_count(SearchSpec(space=SPACE), cpu) == 6
 
 
 def test_a_worker_takes_at_most_its_share_of_a_round():
-    random = SearchSpec(strategy="random")  # stack: auto -> 16
+    random = SearchSpec(space=SPACE, strategy="random")  # stack: auto -> 16
     assert stack_for(random, room=12, workers=2, database=False) == 6
     assert stack_for(random, room=100, workers=2, database=False) == 16
     assert stack_for(random, room=12, workers=2, database=True) == 2  # a quarter of a share
     assert stack_for(random, room=0, workers=2, database=False) == 1
-    assert stack_for(SearchSpec(strategy="tpe"), room=12, workers=1, database=False) == 1
+    tpe = SearchSpec(space=SPACE, strategy="tpe")
+    assert stack_for(tpe, room=12, workers=1, database=False) == 1
 
 
 def test_shape_groups_keep_first_seen_order(tmp_path):
@@ -65,7 +68,7 @@ class Recorder:
 
 
 def test_epoch_reports_reach_progress_and_the_pruner():
-    spec = make_spec(search={"pruner": "median", "space": {}})
+    spec = make_spec(search={"pruner": "median", "space": SPACE})
     study = optuna.create_study(
         pruner=optuna.pruners.ThresholdPruner(upper=0.5), direction="minimize"
     )
@@ -82,7 +85,7 @@ def test_epoch_reports_reach_progress_and_the_pruner():
 
 
 def test_without_a_pruner_nothing_is_reported_to_the_study():
-    spec = make_spec(search={"space": {}})
+    spec = make_spec(search={"space": SPACE})
     study = optuna.create_study()
     trial = study.ask()
     reporter = EpochReporter([(trial, {})], spec, Recorder())
