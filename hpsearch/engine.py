@@ -36,7 +36,7 @@ from hpsearch.objective import (
 )
 from hpsearch.outcome import Reason, RunState
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
-from hpsearch.review import make_reviewer
+from hpsearch.review import PandaReviewer
 from hpsearch.runs import (
     DEFAULT_RUNS_DIR,
     RunFolder,
@@ -359,7 +359,7 @@ def reviewer_for(spec: Spec, progress: ProgressSink) -> Reviewer | None:
     if not sys.stdin.isatty():
         print("warning: interactive panda needs a terminal; running unattended", file=sys.stderr)
         return None
-    return make_reviewer(parse_space(spec), spec, progress)
+    return PandaReviewer(parse_space(spec), spec, progress)
 
 
 def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResult:

@@ -230,9 +230,11 @@ def run_stack(
     prune: PruneCallback | None = None,
     device: torch.device | None = None,
     rescue: bool = False,
+    command: Callable[[], str | None] | None = None,
 ) -> list[TrialOutcome]:
     """Train trials of one shape together (one, or a stack), each continuing from its
     checkpoint when it has one; each gets its folder and outcome as if trained alone.
+    `rescue` and `command` are panda's babysitting (see train.TrainHooks).
 
     A trial's own failure (divergence, an exception, out of memory, a disk that refuses its
     files) fails that trial with a reason; it never ends the search. A fault of the whole stack
@@ -274,6 +276,7 @@ def run_stack(
                 checkpoint_seconds=checkpoint_seconds(),
                 stop_requested=stop_requested,
                 rescue=rescue,
+                command=command,
             )
             results = train(members, data, hooks, device)
         for job, outcome, result in zip(jobs, outcomes, results, strict=True):
@@ -285,7 +288,7 @@ def run_stack(
             if isinstance(exc, torch.cuda.OutOfMemoryError) and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return [
-                run_stack(spec, data, run, [job], on_epoch, prune, device, rescue)[0]
+                run_stack(spec, data, run, [job], on_epoch, prune, device, rescue, command)[0]
                 for job in jobs
             ]
         outcomes[0].reason = _failure_reason(exc, run.trial(jobs[0].number).root)

@@ -53,6 +53,12 @@ def rescue_text(number: int, event: dict[str, Any]) -> str:
     )
 
 
+def event_text(number: int, event: dict[str, Any]) -> str:
+    if event["event"] == "rescue":
+        return rescue_text(number, event)
+    return f"trial {number} ended at epoch {event['epoch']} ({event['reason']})"
+
+
 def outcome_text(outcome: TrialOutcome) -> str:
     if outcome.state == TrialState.FAILED:
         return f"trial {outcome.number} failed: {outcome.reason}"
@@ -113,8 +119,8 @@ class PlainProgress:
         self._say(f"trial {number} started" + (f": {shown}" if shown else ""))
 
     def epoch(self, number: int, record: dict[str, Any]) -> None:
-        if record.get("event") == "rescue":
-            self._say(rescue_text(number, record))
+        if "event" in record:
+            self._say(event_text(number, record))
             return
         epochs = self.epochs.get(number, 1)
         step = max(1, epochs // 10)
@@ -181,10 +187,11 @@ class LiveView:
         row = self.running.get(number)
         if row is None:
             return
-        if record.get("event") == "rescue":
-            row.rescued = True
-            row.params = {**row.params, "train.lr": record["lr"]}
-            self.console.print(Text(rescue_text(number, record), style="yellow"))
+        if "event" in record:
+            if record["event"] == "rescue":
+                row.rescued = True
+                row.params = {**row.params, "train.lr": record["lr"]}
+            self.console.print(Text(event_text(number, record), style="yellow"))
             return
         row.epoch = record["epoch"]
         value = record.get(self.metric, record.get("dev_loss"))

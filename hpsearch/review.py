@@ -2,14 +2,18 @@
 
 Enter runs it, `e` edits a value (a line `path=value`, checked against the search space; then
 the edited proposal is shown again), `s` stops the search (the run's state becomes `stopped`).
-The live view steps aside while asking, so the prompt is what the terminal shows.
+The live view steps aside while asking, so the prompt is what the terminal shows. While the
+trial trains, `k` ends it and `r` rescues it (see PandaReviewer).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import select
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +22,14 @@ from rich.console import Console
 from rich.text import Text
 
 from hpsearch.errors import InputError
-from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.progress import ProgressSink, SilentProgress
 from hpsearch.space import Param, apply_params, in_range
 from hpsearch.spec import Spec
 
 ENTER = ("\r", "\n")
+WHILE_TRAINING = Text(
+    "  while it trains: k ends it (keeps its best weights) · r rescues it now", style="dim"
+)
 PROMPT = Text.assemble(
     "  ",
     ("Enter", "bold"),
@@ -49,43 +56,106 @@ def read_key() -> str:
         termios.tcsetattr(fd, termios.TCSADRAIN, before)
 
 
-def make_reviewer(
-    params: list[Param],
-    spec: Spec,
-    progress: ProgressSink | None = None,
-    console: Console | None = None,
-    key: Callable[[], str] = read_key,
-) -> Reviewer:
-    """The panda reviewer: `review(number, proposal)` returns the values to train, or None to
-    stop the search."""
-    console = console or Console(stderr=True)
-    progress = progress or SilentProgress()
-    by_path = {p.path: p for p in params}
+class PandaReviewer:
+    """The panda reviewer. `reviewer(number, proposal)` asks about one proposal and returns
+    the values to train, or None to stop the search. While the trial then trains, keys still
+    act: `k` ends it after the current epoch (keeping its best weights, as early stopping
+    would), `r` rescues it now; `command()` hands the training loop what was pressed."""
 
-    def review(number: int, values: dict[str, Any]) -> dict[str, Any] | None:
-        with progress.paused():
+    def __init__(
+        self,
+        params: list[Param],
+        spec: Spec,
+        progress: ProgressSink | None = None,
+        console: Console | None = None,
+        key: Callable[[], str] = read_key,
+        listen: bool = True,
+    ):
+        self.console = console or Console(stderr=True)
+        self.progress = progress or SilentProgress()
+        self.by_path = {p.path: p for p in params}
+        self.spec, self.key = spec, key
+        self.listener = KeyListener() if listen else None
+
+    def command(self) -> str | None:
+        return self.listener.take() if self.listener is not None else None
+
+    def __call__(self, number: int, values: dict[str, Any]) -> dict[str, Any] | None:
+        if self.listener is not None:
+            self.listener.stop()  # the prompt reads the keys now
+        with self.progress.paused():
             edited = False
             while True:
                 shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items()) or "(none)"
                 label = "edited proposal (runs as a new trial)" if edited else "proposal"
-                console.print(Text.assemble((f"trial {number}", "bold"), f" {label}: {shown}"))
-                console.print(PROMPT, end="")
-                pressed = key()
+                self.console.print(Text.assemble((f"trial {number}", "bold"), f" {label}: {shown}"))
+                self.console.print(PROMPT, end="")
+                pressed = self.key()
                 if pressed in ENTER:
-                    console.print("run")
+                    self.console.print("run")
+                    if self.listener is not None:
+                        self.console.print(WHILE_TRAINING)
+                        self.listener.start()
                     return values
                 if pressed.lower() == "s":
-                    console.print("stop")
+                    self.console.print("stop")
                     return None
                 if pressed.lower() == "e":
-                    console.print("edit")
-                    change = _edit(console, by_path, values, spec)
+                    self.console.print("edit")
+                    change = _edit(self.console, self.by_path, values, self.spec)
                     if change is not None:
                         values, edited = change, True
                     continue
-                console.print(f"{pressed!r} is not one of Enter, e, s", markup=False)
+                self.console.print(f"{pressed!r} is not one of Enter, e, s", markup=False)
 
-    return review
+
+class KeyListener:
+    """Reads single keys from the terminal in a background thread while a trial trains
+    (cbreak mode, so Ctrl-C still interrupts); the terminal is put back as it was on `stop`
+    and at exit."""
+
+    COMMANDS = {"k": "end", "r": "rescue"}
+
+    def __init__(self):
+        self.pending: str | None = None
+        self.thread: threading.Thread | None = None
+        self.quit = threading.Event()
+        self.saved: list[Any] | None = None
+        atexit.register(self.stop)
+
+    def start(self) -> None:
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        self.saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        self.quit.clear()
+        self.pending = None
+        self.thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self.thread.start()
+
+    def _read(self, fd: int) -> None:
+        while not self.quit.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                pressed = os.read(fd, 1).decode(errors="replace").lower()
+                self.pending = self.COMMANDS.get(pressed, self.pending)
+
+    def take(self) -> str | None:
+        pending, self.pending = self.pending, None
+        return pending
+
+    def stop(self) -> None:
+        if self.thread is None:
+            return
+        import termios
+
+        self.quit.set()
+        self.thread.join()
+        self.thread = None
+        if self.saved is not None:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, self.saved)
 
 
 def _edit(

@@ -141,6 +141,9 @@ class TrainHooks:
     checkpoint_seconds: float = 5.0
     stop_requested: Callable[[], bool] | None = None
     rescue: bool = False  # panda's babysitting (see Rescue)
+    # panda --interactive: asked after every epoch; "end" ends every member now (as early
+    # stopping would), "rescue" rescues them now (whether or not `rescue` is on)
+    command: Callable[[], str | None] | None = None
 
 
 class EarlyStopping:
@@ -268,8 +271,9 @@ def train(
     )
     trainees = []
     for k, (member, model) in enumerate(zip(members, models, strict=True)):
-        initial = stack.member_snapshot(k) if hooks.rescue else None  # rescue's first rollback
-        stopping = EarlyStopping(member.spec, hooks.rescue, initial)
+        track = hooks.rescue or hooks.command is not None  # a rescue rolls back to the best
+        initial = stack.member_snapshot(k) if track else None  # rescue's first rollback
+        stopping = EarlyStopping(member.spec, track, initial)
         trainee = _Trainee(
             member.spec,
             TrainResult(model=model, state="complete", reason=None),
@@ -373,14 +377,23 @@ def train(
             if _after_epoch(stack, optimizer, trainee, k, position, record, hooks):
                 judged.append(k)
         pruned = set(hooks.prune(epoch + 1, judged)) if hooks.prune and judged else set()
-        for k in judged:
+        order = hooks.command() if hooks.command is not None else None
+        for position, k in enumerate(active):
+            if order == "rescue" and not trainees[k].done:
+                asked = (epoch + 1, "asked", lrs[position])
+                _rescue(stack, optimizer, trainees[k], k, position, *asked, hooks)
+        for k in judged if order != "end" else active:
             trainee = trainees[k]
             if k in pruned:
                 trainee.result.state, trainee.result.reason = "pruned", "pruned"
-            elif trainee.stopping.exhausted:
+            elif trainee.stopping.exhausted or (order == "end" and not trainee.done):
                 trainee.result.stopped_early = True
             else:
                 continue
+            if order == "end":
+                _record(
+                    trainee, k, {"epoch": epoch + 1, "event": "ended", "reason": "asked"}, hooks
+                )
             trainee.done = True
             trainee.result.model.load_state_dict(stack.member_state(active.index(k)))
 
@@ -437,17 +450,36 @@ def _after_epoch(
     if reason is not None:
         if not diverged:
             _record(trainee, k, record, hooks)
-        event = trainee.rescue.fire(record["epoch"], reason, record["lr"])
-        stack.load_member(position, trainee.stopping.best)
-        optimizer.reset_member(position)
-        trainee.stopping.bad_epochs = 0
-        _record(trainee, k, event, hooks)
+        _rescue(
+            stack, optimizer, trainee, k, position, record["epoch"], reason, record["lr"], hooks
+        )
         return False
     _record(trainee, k, record, hooks)
     if diverged:
         result.state, result.reason, trainee.done = "failed", "diverged", True
         return False
     return True
+
+
+def _rescue(
+    stack: StackedMLP,
+    optimizer: StackedOptimizer,
+    trainee: _Trainee,
+    k: int,
+    position: int,
+    epoch: int,
+    reason: str,
+    lr: float,
+    hooks: TrainHooks,
+) -> None:
+    """Roll member k back to its best weights so far, with fresh optimizer moments, and go on
+    at a tenth of the learning rate it trained with (`lr`)."""
+    event = trainee.rescue.fire(epoch, reason, lr)
+    if trainee.stopping.best is not None:
+        stack.load_member(position, trainee.stopping.best)
+    optimizer.reset_member(position)
+    trainee.stopping.bad_epochs = 0
+    _record(trainee, k, event, hooks)
 
 
 def _record(trainee: _Trainee, k: int, record: dict[str, Any], hooks: TrainHooks) -> None:

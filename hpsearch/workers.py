@@ -185,7 +185,11 @@ def train_group(
             reporter.report(trial.number, record)
     judge = reporter.judge if reporter.prune else None
     with heartbeat(storage, [trial for trial, _ in group]):
-        outcomes = run_stack(spec, task.data, run, jobs, reporter, judge, rescue=rescue)
+        # panda --interactive: keys pressed while a trial trains (end it, rescue it)
+        command = getattr(task.review, "command", None)
+        outcomes = run_stack(
+            spec, task.data, run, jobs, reporter, judge, rescue=rescue, command=command
+        )
     return [(trial, outcome) for (trial, _), outcome in zip(group, outcomes, strict=True)]
 
 

@@ -4,12 +4,14 @@ recorded as such; in unit tests with fed keys, and in a real pseudo-terminal."""
 import contextlib
 import io
 import json
+import re
 import sys
 
+import pytest
 from rich.console import Console
 
 from hpsearch.progress import SilentProgress
-from hpsearch.review import make_reviewer
+from hpsearch.review import PandaReviewer
 from hpsearch.space import parse_space
 from tests.conftest import make_spec
 from tests.terminal import Terminal
@@ -21,7 +23,9 @@ def reviewer_with(keys, lines=()):
     console = Console(file=io.StringIO())
     pressed, typed = iter(keys), iter(lines)
     console.input = lambda prompt="": next(typed)
-    review = make_reviewer(parse_space(spec), spec, console=console, key=lambda: next(pressed))
+    review = PandaReviewer(
+        parse_space(spec), spec, console=console, key=lambda: next(pressed), listen=False
+    )
     return review, console
 
 
@@ -64,7 +68,7 @@ def test_reviewer_pauses_the_live_view_while_it_asks():
         events.append("asked")
         return "\r"
 
-    review = make_reviewer(parse_space(spec), spec, Watched(), console, key)
+    review = PandaReviewer(parse_space(spec), spec, Watched(), console, key, listen=False)
     review(0, {"train.lr": 0.01})
     assert events == ["pause", "asked", "resume"]
 
@@ -75,7 +79,7 @@ seed: 0
 device: cpu
 data: {source: "sklearn:iris"}
 model: {hidden: [8]}
-train: {epochs: 15}
+train: {epochs: 2000, early_stopping: null}
 search:
   mode: panda
   trials: 4
@@ -100,7 +104,13 @@ def test_interactive_panda_in_a_terminal_edits_and_stops(tmp_path):
         terminal.send("train.lr=0.0123\r")
         terminal.wait_for("edited proposal (runs as a new trial): train.lr=0.0123", timeout=10)
         terminal.send("\r")
-        terminal.wait_for("trial 1 complete", timeout=60)
+        terminal.wait_for("k ends it (keeps its best weights) · r rescues it now", timeout=10)
+        terminal.wait_for(lambda screen: re.search(r"epoch +\d+/2000", screen), timeout=30)
+        terminal.send("r")  # while it trains: rescue it now, then end it
+        terminal.wait_for("trial 1 rescued at epoch", timeout=30)
+        terminal.send("k")
+        terminal.wait_for("trial 1 ended at epoch", timeout=30)
+        terminal.wait_for("trial 1 complete", timeout=30)
         terminal.wait_for("trial 2 proposal", timeout=30)
         terminal.send("s")
         assert terminal.wait_exit(60) == 0
@@ -110,6 +120,10 @@ def test_interactive_panda_in_a_terminal_edits_and_stops(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["state"] == "stopped"
     assert [(t["number"], t["params"]["train.lr"]) for t in summary["trials"]] == [(1, 0.0123)]
+    (edited,) = summary["trials"]
+    assert edited["epochs_run"] < 2000
+    assert [r["reason"] for r in edited["rescues"]] == ["asked"]
+    assert edited["rescues"][0]["lr"] == pytest.approx(0.00123)
     params = json.loads((run / "trials" / "1" / "params.json").read_text())
     assert params["params"] == {"train.lr": 0.0123}
     assert not (run / "trials" / "0").exists()  # the replaced proposal was never trained

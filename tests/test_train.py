@@ -185,6 +185,30 @@ def test_rescue_rolls_back_and_cuts_lr_once(iris_data):
     assert after and all(lr == pytest.approx(3.0) for lr in after)
 
 
+def test_asked_rescue_and_end_act_after_the_epoch_they_were_asked_in(iris_data):
+    """panda --interactive's keys: `r` rescues now (even with rescue off), `k` ends the trial
+    as early stopping would, with the best weights so far."""
+    spec = make_spec(train={"lr": 0.05, "epochs": 40, "early_stopping": {"patience": 40}})
+    orders = {3: "rescue", 6: "end"}
+    epochs = {"seen": 0}
+
+    def on_epoch(k, record):
+        if "event" not in record:
+            epochs["seen"] = record["epoch"]
+
+    hooks = TrainHooks(on_epoch=on_epoch, command=lambda: orders.pop(epochs["seen"], None))
+    (result,) = train([Member(spec, 0)], iris_data, hooks)
+    events = [r for r in result.history if "event" in r]
+    assert events == [
+        {"epoch": 3, "event": "rescue", "reason": "asked", "lr": pytest.approx(0.005)},
+        {"epoch": 6, "event": "ended", "reason": "asked"},
+    ]
+    assert result.state == "complete" and result.stopped_early and result.epochs_run == 6
+    lrs = [r["lr"] for r in result.history if "event" not in r]
+    assert lrs[:3] == [0.05] * 3 and lrs[3:] == [pytest.approx(0.005)] * 3
+    assert result.best_epoch <= 6
+
+
 # --- checkpoints: stop anywhere, go on exactly -----------------------------------------------
 
 
