@@ -150,6 +150,13 @@ def run(
             "--interactive", help="Panda: review each proposal before it runs (terminal only)."
         ),
     ] = False,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="Also log every trial to MLflow (tracking.mlflow; '' for ./mlflow.db).",
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the JSON summary on stdout.")
     ] = False,
@@ -176,6 +183,7 @@ def run(
         resume=resume,
         interactive=interactive,
         study=study,
+        mlflow=mlflow,
     )
     try:
         result = run_spec(spec, options, make_progress(quiet))

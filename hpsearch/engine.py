@@ -66,6 +66,7 @@ from hpsearch.study import (
     study_outcomes,
 )
 from hpsearch.summary import best_outcome, build_summary, write_summary
+from hpsearch.tracking import MlflowTracker, TrackingProgress, open_tracker
 from hpsearch.train import resolve_device
 
 
@@ -106,6 +107,7 @@ class RunOptions:
     resume: str | None = None
     interactive: bool = False
     study: str | None = None
+    mlflow: str | None = None  # tracking.mlflow
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ def with_overrides(spec: Spec, options: RunOptions) -> Spec:
         raw["search"] = {**(raw.get("search") or {}), **search_update}
     if options.storage is not None:
         raw["storage"] = options.storage
+    if options.mlflow is not None:
+        raw["tracking"] = {"mlflow": options.mlflow or None}
     return spec_from_dict(raw, source="command line").located_like(spec)
 
 
@@ -181,10 +185,15 @@ def environment(spec: Spec, device: torch.device) -> dict[str, Any]:
 
 
 def masked(spec: Spec) -> Spec:
-    """The spec as written to disk: a storage URL's password never reaches a file."""
-    if spec.storage is None:
-        return spec
-    return spec.model_copy(update={"storage": mask_url(spec.storage)})
+    """The spec as written to disk: a storage or tracking URL's password never reaches a file."""
+    update: dict[str, Any] = {}
+    if spec.storage is not None:
+        update["storage"] = mask_url(spec.storage)
+    if spec.tracking is not None and spec.tracking.mlflow:
+        update["tracking"] = spec.tracking.model_copy(
+            update={"mlflow": mask_url(spec.tracking.mlflow)}
+        )
+    return spec.model_copy(update=update) if update else spec
 
 
 def write_run_files(run: RunFolder, spec: Spec, data: Dataset) -> None:
@@ -217,13 +226,16 @@ def run_single(spec: Spec, data: Dataset, runs_dir: Path, progress: ProgressSink
     """A spec without a search section: one model, trial 0."""
     started = time.perf_counter()
     run = start_run(spec, data, runs_dir)
+    tracker = _tracker(spec, run, run.name)
     progress.trial_started(0, {}, spec.train.epochs)
     outcome = run_trial(spec, data, run, job_for(spec, 0, {}), progress.epoch)
     progress.trial_finished(outcome)
+    if tracker is not None:
+        tracker.trial_finished(outcome)
     best = best_outcome(spec, [outcome])
     final = score_best(spec, data, run, best) if best is not None else None
     summary = write_summary(run, spec, [outcome], RunState.FINISHED, started, None, final, data)
-    return RunResult(run, summary)
+    return _tracked(tracker, lambda: RunResult(run, summary))
 
 
 def _publish(study: optuna.Study, spec: Spec, data: Dataset) -> None:
@@ -242,7 +254,11 @@ def run_search(
     study_name: str | None = None,
 ) -> RunResult:
     """Plan and run the search of `spec` in `run` (a new run folder, or a stopped one)."""
-    search = Search(spec, data, run, progress, study_name or run.name, reviewer, planner=True)
+    name = study_name or run.name
+    tracker = _tracker(spec, run, name)
+    if tracker is not None:
+        progress = TrackingProgress(progress, tracker)
+    search = Search(spec, data, run, progress, name, reviewer, planner=True)
     if resuming:
         retried = recover(search.study, search.storage, run, search.decode)
         kept = [o for o in search.live.outcomes() if o.reason_kind != Reason.INTERRUPTED]
@@ -263,7 +279,28 @@ def run_search(
             file=sys.stderr,
             flush=True,
         )
-    return _drive(search, search.execute)
+    return _tracked(tracker, lambda: _drive(search, search.execute))
+
+
+def _tracker(spec: Spec, run: RunFolder, name: str) -> MlflowTracker | None:
+    """tracking: {mlflow: ...}: the search's MLflow experiment, opened before training."""
+    tracker = open_tracker(spec, run, name)
+    if tracker is not None and tracker.active:
+        print(f"logging to MLflow: {mask_url(tracker.uri)}, experiment '{name}'", file=sys.stderr)
+    return tracker
+
+
+def _tracked(tracker: MlflowTracker | None, work: Callable[[], RunResult]) -> RunResult:
+    """Run `work`; the tracker logs the search's summary at its end, or at a stop."""
+    try:
+        result = work()
+    except Interrupted as stop:
+        if tracker is not None:
+            tracker.finish(stop.summary)
+        raise
+    if tracker is not None:
+        tracker.finish(result.summary)
+    return result
 
 
 def claim_study(spec: Spec, name: str) -> bool:

@@ -13,7 +13,9 @@ def mask_url(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # without a password the URL stays as written (rendering would re-quote its path)
+        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         head, sep, _ = url.partition("//")
         return f"{head}{sep}***" if sep else "***"
