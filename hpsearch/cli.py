@@ -306,6 +306,41 @@ def validate(spec: SpecArg) -> None:
 
 
 @app.command()
+@user_errors
+def init(
+    data: Annotated[
+        Path,
+        typer.Argument(metavar="DATA", help="A .csv, .parquet or .npz file.", show_default=False),
+    ],
+    target: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COLUMN", help="The column to predict (default: a guess, named in the spec)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="SPEC",
+            help="Where to write the spec (default: NAME.yaml here).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing spec.")] = False,
+) -> None:
+    """Look at a data file and write a commented starter spec that runs.
+
+    The spec names what it saw (rows, column types, missing values, classes and balance) and
+    sets a search sized to the data; check it with `hpsearch validate SPEC`.
+    """
+    from hpsearch.starter import default_output, write_starter
+
+    written = write_starter(data, output or default_output(data), target, force)
+    print(f"wrote {written}; run it with: hpsearch run {written}")
+
+
+@app.command()
 def schema() -> None:
     """Print the spec's JSON Schema, for editors."""
     from hpsearch.spec import Spec
@@ -374,6 +409,8 @@ def runs(runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR) -> None:
     from hpsearch.report import runs_table
     from hpsearch.runs import list_runs
 
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise InputError(f"--runs-dir: {runs_dir} is a file, not a folder of runs")
     folders = list_runs(runs_dir)
     if not folders:
         print(f"no runs in {runs_dir}/ yet; start one with: hpsearch run SPEC", file=sys.stderr)

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import io
 import math
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
     raw = _read_source(spec, seed)
     frame = _apply_drop(raw.frame, spec)
     columns = _roles(frame, spec, raw.default_target)
-    target = _encode_target(frame[columns.target], spec.task, raw.task_hint, spec.source)
+    target = encode_target(frame[columns.target], spec.task, raw.task_hint, spec.source)
     features = frame.drop(columns=columns.non_features)
     _check_features(features, spec.impute, spec.source)
     groups = _group_labels(frame[spec.group], spec.source) if spec.group else None
@@ -133,8 +134,8 @@ def _read_source(spec: DataSpec, seed: int) -> _Raw:
     if kind == "synthetic":
         frame = _make_synthetic(name, spec, seed)
         return _Raw(frame, BUNDLED_TARGET, name, spec.source.encode())
-    content = _read_bytes(Path(spec.source))
-    frame = _parse_file(Path(spec.source), content)
+    content = read_file_bytes(Path(spec.source))
+    frame = parse_file(Path(spec.source), content)
     return _Raw(frame, None, None, hashlib.sha256(content).digest())
 
 
@@ -196,8 +197,14 @@ def _seed32(seed: int) -> int:
     return seed % 2**32
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytes:
     try:
+        kind = path.stat().st_mode
+        if not stat.S_ISREG(kind):  # a FIFO would block forever, a device never end
+            what = "a folder" if stat.S_ISDIR(kind) else "not a regular file"
+            raise InputError(
+                f"the data file is {what}; give a .csv, .parquet or .npz file", source=str(path)
+            )
         content = path.read_bytes()
     except FileNotFoundError:
         raise InputError(
@@ -234,16 +241,16 @@ def _parse_npz(content: bytes) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-_PARSERS: dict[str, tuple[str, Callable[[bytes], pd.DataFrame]]] = {
+PARSERS: dict[str, tuple[str, Callable[[bytes], pd.DataFrame]]] = {
     ".csv": ("CSV", _parse_csv),
     ".parquet": ("Parquet", _parse_parquet),
     ".npz": ("NumPy .npz", _parse_npz),
 }
 
 
-def _parse_file(path: Path, content: bytes) -> pd.DataFrame:
+def parse_file(path: Path, content: bytes) -> pd.DataFrame:
     source = str(path)
-    kind, parse = _PARSERS[path.suffix.lower()]
+    kind, parse = PARSERS[path.suffix.lower()]
     if kind == "Parquet":
         _require_pyarrow(source)
     try:
@@ -353,7 +360,7 @@ class _Target:
     classes: list[str] | None
 
 
-def _encode_target(target: pd.Series, task: str, hint: str | None, source: str) -> _Target:
+def encode_target(target: pd.Series, task: str, hint: str | None, source: str) -> _Target:
     """Infer or check the task, and encode class labels 0..K-1 in sorted order."""
     name = target.name
     missing = int(target.isna().sum())
@@ -438,7 +445,7 @@ def _split_targets(
 # --- features ---------------------------------------------------------------------------------
 
 
-def _is_numeric(column: pd.Series) -> bool:
+def is_numeric(column: pd.Series) -> bool:
     return is_numeric_dtype(column) and not is_bool_dtype(column)
 
 
@@ -457,7 +464,7 @@ def _check_features(features: pd.DataFrame, impute: str | None, source: str) -> 
         )
     for name in features.columns:
         column = features[name]
-        if _is_numeric(column):
+        if is_numeric(column):
             infinite = int(np.isinf(column.to_numpy(dtype=np.float64, na_value=0.0)).sum())
             if infinite:
                 raise InputError(
@@ -535,7 +542,7 @@ def _fit_encoder(train: pd.DataFrame, impute: str | None, source: str) -> _Encod
     fills: dict[str, Any] = {}
     categories: dict[str, list[str]] = {}
     for name in train.columns:
-        numeric = _is_numeric(train[name])
+        numeric = is_numeric(train[name])
         column = train[name] if numeric else _labels(train[name])
         if impute is not None:
             fills[name] = _fill_value(column, impute if numeric else "most_frequent", source)
@@ -659,7 +666,7 @@ def _balanced_weights(target: _Target, train_rows: np.ndarray, source: str) -> n
 
 def _column_weights(column: pd.Series, source: str) -> np.ndarray:
     key = f"data.weights.column: column '{column.name}'"
-    if not _is_numeric(column):
+    if not is_numeric(column):
         raise InputError(f"{key} must hold numbers (got {column.dtype})", source=source)
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     bad = int((~np.isfinite(values)).sum())

@@ -377,3 +377,16 @@ def test_help_matches_its_snapshot(page, monkeypatch):
         path.write_text(text, encoding="utf-8")
     assert path.exists(), f"no snapshot {path}; run with HPSEARCH_UPDATE_SNAPSHOTS=1"
     assert text == path.read_text(encoding="utf-8")
+
+
+def test_init_writes_a_spec_that_validates_and_runs(tmp_path):
+    spec = tmp_path / "penguins.yaml"
+    result = invoke("init", CONFIGS / "data" / "penguins.csv", "--target", "species", "-o", spec)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {spec}" in result.stdout
+    assert invoke("validate", spec).exit_code == 0
+    ran = invoke("run", spec, "--trials", "2", "--runs-dir", tmp_path / "runs", "-q", "--json")
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.stdout)["counts"]["complete"] == 2
+    again = invoke("init", CONFIGS / "data" / "penguins.csv", "-o", spec)
+    assert again.exit_code == 2 and "--force" in again.stderr
