@@ -40,6 +40,7 @@ from hpsearch.review import PandaReviewer
 from hpsearch.runs import (
     DEFAULT_RUNS_DIR,
     RunFolder,
+    RunOwner,
     create_run,
     find_run,
     read_json,
@@ -226,6 +227,13 @@ def run_single(spec: Spec, data: Dataset, runs_dir: Path, progress: ProgressSink
     """A spec without a search section: one model, trial 0."""
     started = time.perf_counter()
     run = start_run(spec, data, runs_dir)
+    with RunOwner(run):
+        return _train_single(spec, data, run, progress, started)
+
+
+def _train_single(
+    spec: Spec, data: Dataset, run: RunFolder, progress: ProgressSink, started: float
+) -> RunResult:
     tracker = _tracker(spec, run, run.name)
     progress.trial_started(0, {}, spec.train.epochs)
     outcome = run_trial(spec, data, run, job_for(spec, 0, {}), progress.epoch)
@@ -354,8 +362,9 @@ def join_study(
         if not run.spec.exists():
             run.root.mkdir(parents=True, exist_ok=True)
             write_run_files(run, spec, data)
-        search = Search(spec, data, run, progress, study_name, workers=workers)
-        return _drive(search, lambda: search.join(wait))
+        with RunOwner(run, shared=True):
+            search = Search(spec, data, run, progress, study_name, workers=workers)
+            return _drive(search, lambda: search.join(wait))
 
 
 def _study_spec(study: optuna.Study, url: str, name: str, **update: Any) -> Spec:
@@ -401,6 +410,13 @@ def reviewer_for(spec: Spec, progress: ProgressSink) -> Reviewer | None:
 
 def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResult:
     run = find_run(options.runs_dir, options.resume)
+    with RunOwner(run):  # before anything is repaired or recovered: one resumer at a time
+        return _resume_owned(run, spec, options, progress)
+
+
+def _resume_owned(
+    run: RunFolder, spec: Spec, options: RunOptions, progress: ProgressSink
+) -> RunResult:
     old = load_spec(run.spec)
     if old.storage and options.storage is None:
         if "***" in old.storage:
@@ -411,15 +427,45 @@ def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResul
         spec = spec.model_copy(update={"storage": old.storage})
     warnings = check_resume_compatible(old, spec)
     if spec.storage is None:
+        check_journal_present(run)
         warnings.append(repair_journal(run.study_log))
-    for warning in filter(None, warnings):
+    name, damaged = _study_name(run, spec)
+    for warning in filter(None, [*warnings, damaged]):
         print(f"warning: {warning}", file=sys.stderr)
     data = prepare(spec)
     write_text(run.spec, spec_to_yaml(masked(spec)))
-    name = read_json(run.summary).get("study") if run.summary.exists() else None
-    return run_search(
-        spec, data, run, progress, True, reviewer_for(spec, progress), name or run.name
-    )
+    return run_search(spec, data, run, progress, True, reviewer_for(spec, progress), name)
+
+
+def check_journal_present(run: RunFolder) -> None:
+    """A run whose trials are on disk but whose journal is gone (or empty) cannot resume:
+    Optuna would start the study over and overwrite every trial folder."""
+    journal = run.study_log
+    empty = not journal.exists() or journal.stat().st_size == 0
+    if empty and any(run.root.glob("trials/*/params.json")):
+        raise InputError(
+            f"the study journal is {'empty' if journal.exists() else 'missing'}, so the run's "
+            "trials cannot be resumed (resuming would start over and overwrite them); restore "
+            "study.log from a backup, or start a new run (the trials' folders stay readable)",
+            source=str(journal),
+        )
+
+
+def _study_name(run: RunFolder, spec: Spec) -> tuple[str, str | None]:
+    """The study a run folder belongs to (as its summary records it) and, when the summary is
+    damaged, a warning; a journal holds one study, which then names it."""
+    try:
+        summary = read_json(run.summary) if run.summary.exists() else {}
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError):
+        warning = f"{run.summary} is damaged; it is rewritten as the run goes on"
+        if spec.storage is None and run.study_log.exists():
+            names = optuna.get_all_study_names(open_storage(None, run.study_log))
+            if len(names) == 1:
+                return names[0], warning
+        return run.name, warning
+    return summary.get("study") or run.name, None
 
 
 def _split_hashes(split_info: dict[str, Any]) -> dict[str, Any]:
@@ -466,13 +512,14 @@ def run_spec(
                     spec.storage, options.study, options.runs_dir, progress, options.workers
                 )
             run = start_run(spec, data, options.runs_dir)
-            return run_search(
-                spec,
-                data,
-                run,
-                progress,
-                reviewer=reviewer_for(spec, progress),
-                study_name=options.study,
-            )
+            with RunOwner(run):
+                return run_search(
+                    spec,
+                    data,
+                    run,
+                    progress,
+                    reviewer=reviewer_for(spec, progress),
+                    study_name=options.study,
+                )
     finally:
         progress.close()

@@ -403,8 +403,16 @@ def evaluate_best(
     trial_spec = apply_params(spec, outcome.params)
     device = resolve_device(spec.device)
     model = build_mlp(trial_spec.model, data.n_features, data.n_outputs).to(device)
-    state = torch.load(run.trial(outcome.number).model, map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    weights = run.trial(outcome.number).model
+    try:
+        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+    except Exception as exc:  # a damaged or foreign file (the write itself is atomic)
+        raise InputError(
+            f"the best trial's weights cannot be loaded ({type(exc).__name__}), so it is not "
+            "scored on test; restore the file from a backup and resume, or compare a fresh "
+            f"training of it: hpsearch rerun {run.root} {outcome.number}",
+            source=str(weights),
+        ) from None
     test_split = data.splits["test"]
     test = prefixed("test", score_split(model, trial_spec, data, test_split, device))
     if "train_dev" in data.splits:  # the train distribution, never trained on

@@ -32,7 +32,7 @@ from hpsearch.diagnosis import (
 )
 from hpsearch.errors import InputError
 from hpsearch.plots import format_value, range_position, rank_trials, short_number, write_plots
-from hpsearch.runs import RunFolder, latest_run, list_runs, read_json, write_text
+from hpsearch.runs import RunFolder, latest_run, list_runs, owner_of, read_json, write_text
 from hpsearch.space import apply_params
 from hpsearch.spec import ParamSpec, Spec, load_spec
 
@@ -125,13 +125,25 @@ def resolve_run(run: str | None, runs_dir: Path) -> RunFolder:
     return folder
 
 
+SUMMARY_KEYS = ("objective", "counts", "trials")
+
+
 def _read_json(path: Path, required: bool = False) -> dict[str, Any]:
     try:
-        return read_json(path)
+        record = read_json(path)
+        if not isinstance(record, dict):
+            raise ValueError(f"holds a JSON {type(record).__name__}, not an object")
+        if required and not all(key in record for key in SUMMARY_KEYS):
+            raise ValueError(f"lacks {', '.join(k for k in SUMMARY_KEYS if k not in record)}")
     except (OSError, ValueError) as exc:
         if not required:  # env.json and split.json only add detail to the report
             return {}
-        raise InputError(f"cannot read {path.name}: {exc}", source=str(path)) from None
+        raise InputError(
+            f"cannot read {path.name}: {exc}; resuming the run rewrites it "
+            "(hpsearch run SPEC --resume RUN)",
+            source=str(path),
+        ) from None
+    return record
 
 
 def load_report(run: RunFolder, top: int = 10) -> Report:
@@ -314,7 +326,7 @@ def header_rows(report: Report) -> list[tuple[str, str]]:
         ("run", str(report.run.root)),
         ("spec", s["name"]),
         ("search", f"{strategy}, {s.get('mode')} mode" if strategy else "none (one model)"),
-        ("state", s.get("state", "—")),
+        ("state", live_state(report.run, s.get("state", "—"))),
         ("trials", trial_counts(report)),
         ("objective", f"{report.direction} {report.metric}"),
         ("wall time", _duration(report.wall_seconds)),
@@ -749,9 +761,18 @@ def run_row(folder: RunFolder) -> list[str]:
         counts, best = s["counts"], s.get("best")
         shown = f"{s['objective']['metric']} {best['value']:.4g}" if best else "—"
         trials = f"{counts.get('complete', 0)}/{sum(counts.values())}"
-        return [folder.name, date, s.get("strategy") or "one model", s["state"], trials, shown]
+        strategy = s.get("strategy") or "one model"
+        return [folder.name, date, strategy, live_state(folder, s["state"]), trials, shown]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged
         return [folder.name, date, "—", "unknown", "—", "—"]
+
+
+def live_state(folder: RunFolder, recorded: str) -> str:
+    """The recorded state, unless it says running and no process holds the run any more: then
+    its process was killed (SIGKILL, a crash, a power cut) before it could say so."""
+    if recorded == "running" and owner_of(folder) is None:
+        return "killed (resumable)"
+    return recorded
 
 
 def run_date(folder: RunFolder) -> str:

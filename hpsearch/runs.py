@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import platform
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,12 @@ class RunFolder:
     def ask_lock(self) -> Path:
         """The file lock workers on this machine take to count trials and ask for the next."""
         return self.root / ".ask.lock"
+
+    @property
+    def owner_lock(self) -> Path:
+        """Locked (flock) by the process that runs or resumes the run, for as long as it lives:
+        a second resumer is refused, and a run whose owner is gone is known to have stopped."""
+        return self.root / ".owner"
 
     @property
     def stop_file(self) -> Path:
@@ -136,6 +143,10 @@ def create_run(runs_dir: Path, name: str, now: datetime | None = None) -> RunFol
             root.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:  # read-only, no permission, not a real folder (/proc/1)
+            raise InputError(
+                f"cannot create a run folder here: {exc.strerror or exc}", source=str(runs_dir)
+            ) from None
         return RunFolder(root)
     raise InputError("too many runs with the same name and time", source=str(runs_dir))
 
@@ -227,3 +238,77 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+# --- the owner of a run -----------------------------------------------------------------------
+
+
+class RunOwner:
+    """An exclusive, advisory lock on a run folder (fcntl.flock on `.owner`), with who holds
+    it written inside. The kernel drops it when its process dies, even by SIGKILL, so it is
+    never stale."""
+
+    def __init__(self, run: RunFolder, shared: bool = False):
+        self.run = run
+        self.shared = shared  # `hpsearch worker`s of one study share their machine's folder
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the run, or raise InputError naming the process that has it."""
+        import fcntl
+
+        fd = os.open(self.run.owner_lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = owner_of(self.run) or {}
+            who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            since = f" since {holder['started']}" if "started" in holder else ""
+            raise InputError(
+                f"this run is being run by {who}{since}; wait for it to end, stop it (Ctrl-C), "
+                "or follow it with `hpsearch report`",
+                source=str(self.run.root),
+            ) from None
+        record = {"pid": os.getpid(), "host": platform.node(), "started": _now()}
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(record).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the lock
+            self.fd = None
+
+    def __enter__(self) -> RunOwner:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def owner_of(run: RunFolder) -> dict[str, Any] | None:
+    """Who holds the run now ({pid, host, started}), or None when no process does."""
+    import fcntl
+
+    try:
+        fd = os.open(run.owner_lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held (by an owner, or by workers sharing it)
+            try:
+                return json.loads(os.read(fd, 4096) or b"{}")
+            except ValueError:
+                return {}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return datetime.now().strftime("%Y-%m-%d %H:%M:%S")

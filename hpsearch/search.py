@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -18,6 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.data import Dataset
+from hpsearch.errors import InputError
 from hpsearch.objective import rerank_seed, score_best
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer
@@ -216,11 +218,21 @@ class Search:
         if self.search.mode == "panda" or self.workers == 1:
             task = self.task(target, 0, index)
             return trial_loop(task, self.progress, lambda _: self.live.refresh())
-        tasks = [self.task(target, w, index) for w in range(self.workers)]
-        run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
+        # never more processes than trials left in the round (4 workers for 1 trial: 1)
+        before = budget_used(self.study)
+        count = max(1, min(self.workers, target - before))
+        tasks = [self.task(target, w, index, count) for w in range(count)]
+        codes = run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
+        if all(code not in (0, None) for code in codes) and budget_used(self.study) == before:
+            # every worker died without starting a trial: trying again would loop for ever
+            raise InputError(
+                f"the {count} worker process{'es' * (count != 1)} could not start (exit code "
+                f"{codes[0]}; their error is above); caviar workers import the program that "
+                "started them, so run hpsearch from a file or the command line, not from stdin"
+            )
         return False
 
-    def task(self, target: int, worker: int, index: int) -> WorkerTask:
+    def task(self, target: int, worker: int, index: int, workers: int = 1) -> WorkerTask:
         caviar = self.search.mode == "caviar"
         database = is_database(self.storage)
         room = target - budget_used(self.study)
@@ -231,11 +243,11 @@ class Search:
             self.study_name,
             self.params,
             target,
-            threads=max(1, cores() // self.workers) if caviar else None,
+            threads=max(1, cores() // workers) if caviar else None,
             deadline=self.deadline,
             review=self.reviewer if self.search.mode == "panda" else None,
             gpu=pinned_gpu(self.device, worker),
-            stack=stack_for(self.search, room, self.workers, database),
+            stack=stack_for(self.search, room, workers, database),
         )
 
     def fail_trials_of(self, pid: int) -> None:
@@ -269,9 +281,13 @@ class Search:
         if state in (RunState.FINISHED, RunState.STOPPED) and best is not None:
             model = self.run.trial(best.number).model
             fetched = not model.exists() and fetch_weights(self.study, best.number, model)
-            final = score_best(self.spec, self.data, self.run, best)
-            if fetched:
-                final = replace(final, weights="fetched")
+            try:
+                final = score_best(self.spec, self.data, self.run, best)
+            except InputError as damaged:  # the search's record still gets written
+                print(f"warning: {damaged}", file=sys.stderr)
+            else:
+                if fetched:
+                    final = replace(final, weights="fetched")
         summary = self.live.write(state, final, self.data)
         if self.planner:
             self.study.set_user_attr(FINAL_ATTR, {k: summary[k] for k in ("best", "diagnosis")})

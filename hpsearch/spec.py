@@ -6,11 +6,12 @@ Base layer: no torch, no optuna. Everything that reads a spec file goes through 
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -19,7 +20,6 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     PositiveFloat,
-    PositiveInt,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -51,10 +51,18 @@ ObjectiveMetric = Literal[
 ]
 
 
-class Strict(BaseModel):
-    """Every spec section rejects unknown keys."""
+# Counts are whole numbers given as numbers (YAML's `true` is not 1) and stay within what
+# torch, numpy and the operating system can hold; sizes beyond these are typos, not plans.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT, strict=True)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT, strict=True)]
+MAX_WORKERS = 1024
 
-    model_config = ConfigDict(extra="forbid")
+
+class Strict(BaseModel):
+    """Every spec section rejects unknown keys, and infinite or NaN numbers."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -85,7 +93,7 @@ class SyntheticOptions(Strict):
     samples: PositiveInt = 1000
     features: PositiveInt = 20
     informative: PositiveInt = 10
-    classes: int = Field(2, ge=2)
+    classes: int = Field(2, ge=2, le=MAX_COUNT, strict=True)
     noise: NonNegativeFloat = 0.0  # label noise fraction (classification) or target noise std
 
     @model_validator(mode="after")
@@ -147,7 +155,7 @@ class DataSpec(Strict):
 
 class ModelSpec(Strict):
     hidden: list[PositiveInt] | None = None
-    layers: int | None = Field(None, ge=0)
+    layers: Count | None = None
     units: PositiveInt | None = None
     activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "gelu", "elu", "selu"] = "relu"
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -220,7 +228,7 @@ class ParamSpec(Strict):
     high: float | None = None
     log: bool = False
     step: PositiveFloat | None = None
-    steps: int | None = Field(None, ge=2)
+    steps: int | None = Field(None, ge=2, le=MAX_COUNT, strict=True)
     values: list[Any] | None = Field(None, min_length=1)
     choices: list[Any] | None = Field(None, min_length=1)
     when: dict[str, list[Any]] | None = None
@@ -257,8 +265,8 @@ class Refine(Strict):
 class Rerank(Strict):
     """Re-train the `top` configurations with `seeds` more seeds each and rank by the mean."""
 
-    top: int = Field(5, ge=2)
-    seeds: int = Field(3, ge=1)
+    top: int = Field(5, ge=2, le=MAX_COUNT, strict=True)
+    seeds: int = Field(3, ge=1, le=MAX_COUNT, strict=True)
 
 
 class PandaOptions(Strict):
@@ -269,11 +277,11 @@ class PandaOptions(Strict):
 class SearchSpec(Strict):
     strategy: Literal["grid", "random", "evolution", "tpe"] = "random"
     mode: Literal["caviar", "panda"] = "caviar"
-    workers: Literal["auto"] | PositiveInt = "auto"
+    workers: Literal["auto"] | Annotated[int, Field(gt=0, le=MAX_WORKERS, strict=True)] = "auto"
     trials: PositiveInt | None = None  # None: 40, or every point for grid
     timeout: str | None = None
     refine: Refine | None = None
-    population: int = Field(16, ge=2)
+    population: int = Field(16, ge=2, le=MAX_COUNT, strict=True)
     pruner: Literal["none", "median", "asha", "hyperband"] = "none"
     stack: Literal["auto", "off"] | PositiveInt = "auto"
     panda: PandaOptions = PandaOptions()
@@ -326,7 +334,7 @@ class TrackingSpec(Strict):
 
 class Spec(Strict):
     name: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)  # what torch and numpy accept
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
     data: DataSpec
     model: ModelSpec = ModelSpec()
@@ -443,8 +451,32 @@ def parse_duration(text: str | float | int) -> float:
 # --- YAML loading with line numbers -----------------------------------------------------------
 
 
+MAX_DEPTH = 64  # nesting a spec never needs; deeper is hostile or broken input
+
+
 class SpecLoader(yaml.SafeLoader):
-    """Safe YAML loader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+    """Safe YAML loader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`), and
+    refuses what a spec never needs and an attacker would use: aliases (`*name`, whose nested
+    reuse can expand a few lines into gigabytes) and nesting beyond MAX_DEPTH levels."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a spec; write the value out", mark
+            )
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 SpecLoader.yaml_implicit_resolvers = {
@@ -678,7 +710,8 @@ def load_spec(path: str | Path) -> Spec:
     if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
         data_source = raw["data"].get("source")
         if isinstance(data_source, str) and not data_source.startswith(DATASET_PREFIXES):
-            raw["data"]["source"] = str((path.parent / data_source).resolve())
+            # absolute, not resolved: a symlink loop is the loader's to report, by name
+            raw["data"]["source"] = os.path.abspath(path.parent / data_source)
     spec = spec_from_dict(raw, source, lines)
     spec._source, spec._lines = source, lines
     return spec

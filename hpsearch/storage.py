@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import re
+
 from hpsearch.errors import InputError
+
+# A query parameter that carries a credential: ?password=, &sslpassword=, ?api_key=, ?token=…
+_SECRET_PARAM = re.compile(
+    r"(?P<key>[?&;][^=&;#]*(?:pass|pwd|secret|token|key|auth|credential)[^=&;#]*=)[^&;#]*",
+    re.IGNORECASE,
+)
 
 SUPPORTED_SCHEMES = ("sqlite", "postgresql", "mysql")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***; unparsable text is masked whole after '//'."""
+    """The URL with every credential replaced by ***: the password before the host, and query
+    parameters such as `password`, `sslpassword` or `token`. Unparsable text is masked whole
+    after '//'."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
-        # without a password the URL stays as written (rendering would re-quote its path)
-        return url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         head, sep, _ = url.partition("//")
         return f"{head}{sep}***" if sep else "***"
+    # without a password the URL stays as written (rendering would re-quote its path)
+    shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
+    return _SECRET_PARAM.sub(lambda m: f"{m['key']}***", shown)
 
 
 def check_storage_url(url: str) -> None:

@@ -359,6 +359,7 @@ def repair_journal(path: Path) -> str | None:
                 "backup, or start a new run (finished trials' folders stay readable)",
                 source=str(path),
             ) from None
+    warning = None
     if lines[-1].strip():
         try:
             json.loads(lines[-1])
@@ -366,11 +367,20 @@ def repair_journal(path: Path) -> str | None:
             torn = path.with_name(path.name + ".torn")
             torn.write_bytes(data)
             path.write_bytes(b"\n".join(lines[:-1]) + b"\n")
-            return (
+            warning = (
                 f"{path}: dropped an incomplete last record (a write cut short); "
                 f"the original is kept as {torn.name}"
             )
-    return None
+    try:  # every record well-formed JSON, but one Optuna cannot replay (an unknown operation)
+        optuna.get_all_study_names(open_storage(None, path))
+    except Exception as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else "a record Optuna does not know"
+        raise InputError(
+            f"the study journal cannot be read back ({why}); restore the run folder from a "
+            "backup, or start a new run (finished trials' folders stay readable)",
+            source=str(path),
+        ) from None
+    return warning
 
 
 # --- rounds -----------------------------------------------------------------------------------

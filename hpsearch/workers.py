@@ -289,8 +289,9 @@ def run_processes(
     on_dead: Callable[[int], None],
     poll: float = 0.25,
     progress: ProgressSink | None = None,
-) -> None:
-    """One spawned process per task, watched until all exit: `on_tick` every `poll` seconds
+) -> list[int | None]:
+    """One spawned process per task, watched until all exit (their exit codes are returned):
+    `on_tick` every `poll` seconds
     (report finished trials), `on_dead(pid)` once for a worker that died; `progress`, when it
     follows workers, hears each trial's start and epochs as they happen. On Ctrl-C the
     workers get STOP_GRACE seconds to record their trials as interrupted, then are killed."""
@@ -327,12 +328,19 @@ def run_processes(
                     on_dead(process.pid)
             if not alive:
                 tick()
-                return
+                return [process.exitcode for process in processes]
             time.sleep(poll)
     except KeyboardInterrupt:
-        queue.cancel_join_thread()  # tasks not yet taken are dropped, not waited for
         stop_processes(processes)
         raise
+    finally:
+        # A task no worker took (one died before reading it) must not hold this process at
+        # exit: the queue's feeder thread would wait forever to write it into the pipe.
+        queue.cancel_join_thread()
+        queue.close()
+        if events is not None:
+            events.cancel_join_thread()
+            events.close()
 
 
 def stop_processes(processes: list) -> None:

@@ -104,7 +104,9 @@ def _stop(spec_path, runs, how, delay):
 def test_a_killed_stacked_run_resumes_to_the_uninterrupted_results(
     spec_path, uninterrupted, tmp_path
 ):
-    delay = random.Random().uniform(0.0, 3.0)
+    # training goes on for about 1.5 s after the first checkpoint on an idle machine (longer
+    # under load): a kill within the first second lands mid-training
+    delay = random.Random().uniform(0.0, 1.0)
     runs = tmp_path / "runs"
     code, _ = _stop(spec_path, runs, "kill", delay)
     assert code == -signal.SIGKILL, f"the run ended before the kill (delay {delay:.2f} s)"
@@ -117,7 +119,8 @@ def test_a_killed_stacked_run_resumes_to_the_uninterrupted_results(
             gap = abs(again["metrics"][key] - trial["metrics"][key])
             assert gap < 1e-4, f"{config} {key} differs by {gap} (delay {delay:.2f} s)"
         assert again["epochs_run"] == trial["epochs_run"]
-    assert any(t["resumed_epoch"] > 0 for t in resumed.values())
+    # continued from a checkpoint (at a batch of epoch 0 when the kill came early)
+    assert any(t["resumed_from"] is not None for t in resumed.values())
     assert not _checkpoints(runs)  # finished trials leave no checkpoint behind
 
 

@@ -207,3 +207,22 @@ def test_eight_processes_starting_at_once_create_one_study(tmp_path, database):
     done = trials(database, "crowd")
     assert len(done) == 16
     assert all(t.state.name == "COMPLETE" for t in done)
+
+
+def test_a_password_in_the_query_string_is_masked_everywhere(tmp_path, database):
+    """Trust authentication ignores the password, so the run works; it must appear nowhere."""
+    secret = "query-s3cret"
+    url = f"{database}?password={secret}&application_name=hpsearch"
+    spec = spec_file(
+        tmp_path, {"trials": 2, "workers": 1, "space": {"train.lr": {"choices": [0.01]}}}, epochs=2
+    )
+    runs = tmp_path / "runs"
+    run = hpsearch("run", spec, "--storage", url, "--runs-dir", runs, "--json")
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    assert secret not in out + err
+    for path in runs.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".yaml", ".log", ".jsonl"):
+            assert secret not in path.read_text(errors="replace"), path
+    study = optuna.load_study(study_name=json.loads(out)["study"], storage=database)
+    assert secret not in json.dumps(study.user_attrs)

@@ -231,3 +231,166 @@ def test_memory_stays_flat_over_300_tiny_trials(tmp_path):
     assert len(probe.rss) == 300
     growth_per_trial = (probe.rss[-1] - probe.rss[49]) / 250  # after warm-up
     assert growth_per_trial < 0.5 * 2**20
+
+
+# --- round 2: hostile files, damaged run folders, one owner per run ---------------------------
+
+
+def cli(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hpsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def refused(result: subprocess.CompletedProcess, *said: str) -> None:
+    """Exit 2 with one clear message that says `said`, never a traceback."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for words in said:
+        assert words in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "symlink-loop"])
+def test_a_data_source_that_is_no_regular_file_is_refused_without_hanging(tmp_path, kind):
+    data = tmp_path / "data.csv"
+    if kind == "fifo":
+        os.mkfifo(data)  # reading it would block for ever
+    elif kind == "device":
+        data.symlink_to("/dev/zero")  # reading it would never end
+    else:
+        (tmp_path / "other.csv").symlink_to(data)
+        data.symlink_to(tmp_path / "other.csv")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\ndata: {source: data.csv, target: y}\n")
+    for command in ("validate", "run"):
+        result = cli(
+            command, spec, *(["--runs-dir", tmp_path / "runs"] if command == "run" else [])
+        )
+        expected = "symbolic links" if kind == "symlink-loop" else "not a regular file"
+        refused(result, "data.csv", expected)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_runs_dirs_that_cannot_hold_a_run_are_refused(tmp_path):
+    spec = spec_file(tmp_path, {"trials": 1, "space": {"train.lr": {"choices": [0.01]}}})
+    refused(cli("run", spec, "--runs-dir", "/proc/1"), "cannot create a run folder")
+    refused(cli("run", spec, "--runs-dir", "/proc/1/nope"), "cannot create the runs directory")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)])
+    try:
+        if mounted.returncode == 0:  # a real read-only filesystem where we may mount one
+            refused(cli("run", spec, "--runs-dir", readonly), "Read-only file system")
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", str(readonly)])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    refused(cli("runs", "--runs-dir", a_file), "is a file, not a folder of runs")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished three-trial run, copied afresh for each damage."""
+    root = tmp_path_factory.mktemp("finished")
+    spec = spec_file(
+        root, {"trials": 3, "workers": 1, "space": {"train.lr": {"low": 1e-3, "high": 0.1}}}
+    )
+    result = run_spec(spec, RunOptions(runs_dir=root / "runs"))
+    return spec, result.run.root
+
+
+def damaged(tmp_path, finished_run, damage):
+    import shutil
+
+    spec, original = finished_run
+    run = tmp_path / "runs" / original.name
+    shutil.copytree(original, run)
+    damage(run)
+    return spec, run
+
+
+def _truncate(path: Path) -> None:
+    path.write_text(path.read_text()[:50])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda run: _truncate(run / "summary.json"), id="summary-truncated"),
+        pytest.param(lambda run: (run / "summary.json").write_text("[1, 2, 3]"), id="summary-list"),
+    ],
+)
+def test_a_damaged_summary_is_rewritten_by_resume_and_refused_by_report(
+    tmp_path, finished_run, damage
+):
+    spec, run = damaged(tmp_path, finished_run, damage)
+    refused(cli("report", run), "summary.json", "--resume")
+    resumed = cli("run", spec, "--resume", run, "--trials", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "summary.json is damaged; it is rewritten" in resumed.stderr
+    assert read_json(run / "summary.json")["state"] == "finished"
+    assert cli("report", run).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        pytest.param(
+            lambda run: (run / "study.log").unlink(), "journal is missing", id="journal-deleted"
+        ),
+        pytest.param(
+            lambda run: (run / "study.log").write_bytes(b""), "journal is empty", id="journal-empty"
+        ),
+        pytest.param(
+            lambda run: (run / "study.log").open("a").write('{"op_code": 99, "worker_id": "x"}\n'),
+            "cannot be read back",
+            id="journal-unknown-op",
+        ),
+    ],
+)
+def test_a_journal_that_cannot_resume_is_refused_and_nothing_is_overwritten(
+    tmp_path, finished_run, damage, said
+):
+    spec, run = damaged(tmp_path, finished_run, damage)
+    before = {p: p.read_bytes() for p in run.glob("trials/*/result.json")}
+    refused(cli("run", spec, "--resume", run, "--trials", "5"), said)
+    assert {p: p.read_bytes() for p in run.glob("trials/*/result.json")} == before
+
+
+def test_damaged_best_weights_finish_the_run_with_a_warning(tmp_path, finished_run):
+    spec, run = damaged(tmp_path, finished_run, lambda run: None)
+    best = read_json(run / "summary.json")["best"]["trial"]
+    (run / "trials" / str(best) / "model.pt").write_bytes(b"junk")
+    resumed = cli("run", spec, "--resume", run, "--trials", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "weights cannot be loaded" in resumed.stderr and "Traceback" not in resumed.stderr
+    summary = read_json(run / "summary.json")
+    assert summary["state"] == "finished" and "test_error" not in summary["best"]["metrics"]
+
+
+def test_one_resumer_at_a_time_and_a_killed_run_reads_as_killed(tmp_path):
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert _wait_for(lambda: _running_trial_folders(runs))
+        (run,) = runs.iterdir()
+        second = cli("run", spec, "--resume", run, "--trials", "3")
+        refused(second, "this run is being run by process", str(proc.pid))
+        assert "running" in cli("runs", "--runs-dir", runs).stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole run, workers too, without a word
+        proc.wait()
+    listed = cli("runs", "--runs-dir", runs)
+    assert "killed (resumable)" in listed.stdout
+    assert "killed (resumable)" in cli("report", run).stdout

@@ -102,6 +102,40 @@ BAD_SPEC_TEXTS = [
     ),
     pytest.param(MINIMAL + "search: {trials: 0}\n", "search.trials", id="zero-trials"),
     pytest.param(MINIMAL + "human_level_error: 1.5\n", "human_level_error", id="error-above-1"),
+    # hostile and out-of-bound input: refused at the spec, never a crash in the middle of a run
+    pytest.param(
+        "x: &a [1, 2]\ny: [*a, *a]\n" + MINIMAL, "aliases (*name) are not allowed", id="alias"
+    ),
+    pytest.param(MINIMAL + "x: " + "[" * 5000 + "]" * 5000 + "\n", "nested more", id="deep-list"),
+    pytest.param(
+        MINIMAL + "".join("  " * i + f"k{i}:\n" for i in range(3000)), "nested more", id="deep"
+    ),
+    pytest.param(MINIMAL + "seed: -1\n", "seed", id="negative-seed"),
+    pytest.param(MINIMAL + "seed: 99999999999999999999999\n", "seed", id="huge-seed"),
+    pytest.param(MINIMAL + "train: {epochs: true}\n", "train.epochs", id="bool-epochs"),
+    pytest.param(
+        MINIMAL + "search: {trials: true, space: {train.lr: {choices: [0.1]}}}\n",
+        "search.trials",
+        id="bool-trials",
+    ),
+    pytest.param(
+        MINIMAL + "train: {batch_size: 100000000000000000000000}\n", "batch_size", id="huge-batch"
+    ),
+    pytest.param(MINIMAL + "train: {lr: .inf}\n", "finite", id="infinite-lr"),
+    pytest.param(MINIMAL + "train: {l2: .nan}\n", "finite", id="nan-l2"),
+    pytest.param(
+        MINIMAL + "search: {space: {train.lr: {low: 1.0e-3, high: .inf, log: true}}}\n",
+        "finite",
+        id="infinite-bound",
+    ),
+    pytest.param(
+        MINIMAL + "search: {space: {train.lr: {low: -.inf, high: 1}}}\n", "finite", id="neg-inf"
+    ),
+    pytest.param(
+        MINIMAL + "search: {workers: 1000000, space: {train.lr: {choices: [0.1]}}}\n",
+        "search.workers",
+        id="a-million-workers",
+    ),
 ]
 
 
@@ -191,3 +225,15 @@ def test_a_search_without_a_space_is_refused(tmp_path):
     """Every trial would train the same configuration with the same seed."""
     message = load_error(tmp_path, MINIMAL + "search: {trials: 5}\n")
     assert "search.space: a search needs at least one parameter" in message
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine nested levels of nine-fold aliases would expand to 9**9 items."""
+    import time
+
+    levels = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    started = time.perf_counter()
+    message = load_error(tmp_path, "\n".join(levels) + "\n" + MINIMAL)
+    assert "aliases" in message and time.perf_counter() - started < 1.0

@@ -14,6 +14,25 @@ from hpsearch.storage import check_storage_url, mask_args, mask_url, probe_stora
         ("mysql+pymysql://root:pw@127.0.0.1/t", "mysql+pymysql://root:***@127.0.0.1/t"),
         ("sqlite:///study.db", "sqlite:///study.db"),
         ("garbage://user:pw@", "garbage://user:***@"),
+        # credentials in the query string, wherever they stand
+        (
+            "postgresql+psycopg://postgres@h:5432/db?password=hunter2",
+            "postgresql+psycopg://postgres@h:5432/db?password=***",
+        ),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=s3cr3t",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***",
+        ),
+        (
+            "postgresql://u:pw@h/db?PASSWORD=x&application_name=hp",
+            "postgresql://u:***@h/db?PASSWORD=***&application_name=hp",
+        ),
+        (
+            "mysql+pymysql://u@h/db?charset=utf8&passwd=x",
+            "mysql+pymysql://u@h/db?charset=utf8&passwd=***",
+        ),
+        ("https://mlflow.example/?token=abc&x=1", "https://mlflow.example/?token=***&x=1"),
+        ("sqlite:////a/b@c.db", "sqlite:////a/b@c.db"),
     ],
 )
 def test_mask_url(url, masked):

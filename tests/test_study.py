@@ -1,7 +1,6 @@
 """The study layer alone, on a journal file in tmp_path: the budget lock, journal repair,
 outcomes stored on trials, retries and recovery. No training."""
 
-import json
 import logging
 import os
 import threading
@@ -219,23 +218,28 @@ def test_rounds_are_recorded_in_the_study_and_the_run_folder(study, run):
 # --- journal repair ---------------------------------------------------------------------------
 
 
-def _journal(run, records):
+def _journal(run, trials: int) -> None:
+    """A real journal: a study with `trials` finished trials, as Optuna writes it."""
     run.root.mkdir(exist_ok=True)
-    run.study_log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    study = optuna.create_study(storage=open_storage(None, run.study_log), study_name="s")
+    for _ in range(trials):
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 1))
 
 
 def test_a_torn_last_record_is_dropped_and_kept_aside(run):
-    _journal(run, [{"op_code": 0}, {"op_code": 1}])
-    original = run.study_log.read_bytes() + b'{"op_code": 4, "tru'
+    _journal(run, 2)
+    intact = run.study_log.read_bytes()
+    original = intact + b'{"op_code": 4, "tru'
     run.study_log.write_bytes(original)
     warning = repair_journal(run.study_log)
     assert "incomplete last record" in warning
-    assert run.study_log.read_text().splitlines() == ['{"op_code": 0}', '{"op_code": 1}']
+    assert run.study_log.read_bytes() == intact
     assert (run.root / "study.log.torn").read_bytes() == original
 
 
 def test_damage_before_the_end_names_the_line(run):
-    _journal(run, [{"op_code": 0}])
+    _journal(run, 1)
     run.study_log.write_text('{"op_code": 0}\nnot json\n{"op_code": 1}\n')
     with pytest.raises(InputError, match="line 2 of the study journal is damaged"):
         repair_journal(run.study_log)
@@ -243,8 +247,16 @@ def test_damage_before_the_end_names_the_line(run):
 
 def test_an_intact_or_missing_journal_needs_no_repair(run):
     assert repair_journal(run.study_log) is None
-    _journal(run, [{"op_code": 0}])
+    _journal(run, 1)
     assert repair_journal(run.study_log) is None
+
+
+def test_a_journal_optuna_cannot_replay_is_refused(run):
+    _journal(run, 1)
+    with run.study_log.open("a") as journal:
+        journal.write('{"op_code": 99, "worker_id": "x"}\n')  # well-formed, but no operation
+    with pytest.raises(InputError, match="cannot be read back"):
+        repair_journal(run.study_log)
 
 
 # --- global state -----------------------------------------------------------------------------
