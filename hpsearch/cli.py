@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hpsearch.errors import InputError
+from hpsearch.errors import DiskFull, InputError, printable
 from hpsearch.runs import DEFAULT_RUNS_DIR
 
 app = typer.Typer(
@@ -65,17 +65,18 @@ EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"error: {printable(message)}", file=sys.stderr, flush=True)
     return typer.Exit(code)
 
 
 def user_errors(command):
     """Bad input becomes one line on stderr and exit code 2; Ctrl-C (and SIGTERM, what
-    schedulers, systemd and `docker stop` send) becomes 130."""
+    schedulers, systemd and `docker stop` send, and SIGHUP, a closed terminal) becomes 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except InputError as exc:
@@ -187,6 +188,11 @@ def run(
     )
     try:
         result = run_spec(spec, options, make_progress(quiet))
+    except DiskFull as full:
+        print(f"error: {full}: free some space, then resume:", file=sys.stderr)
+        where = getattr(full.run, "root", "RUN")
+        print(f"  hpsearch run {spec} --resume {where}", file=sys.stderr)
+        raise typer.Exit(EXIT_GATE) from None
     except Interrupted as stop:
         print(f"interrupted: {stop.kept()}", file=sys.stderr)
         print(f"resume with: hpsearch run {spec} --resume {stop.run.root}", file=sys.stderr)

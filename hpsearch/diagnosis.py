@@ -763,8 +763,11 @@ def _weights_snippet(groups: tuple[GroupErrors, ...], strengthened: list[str]) -
 
 
 def _yaml_key(name: str) -> str:
+    """A group name as a YAML key that reads back as that very string (`yes`, `null`, `1e3`
+    and names with `:` or `#` are quoted)."""
     plain = name.replace("_", "").replace("-", "").isalnum() and not name[:1].isdigit()
-    return name if plain else json.dumps(name)
+    reserved = name.lower() in ("yes", "no", "on", "off", "true", "false", "null", "y", "n", "~")
+    return name if plain and not reserved else json.dumps(name)
 
 
 def _group_remedies(d: Diagnosis) -> list[str]:

@@ -9,6 +9,7 @@ finish).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -24,7 +25,7 @@ import torch
 import yaml
 
 from hpsearch.data import Dataset, load_dataset
-from hpsearch.errors import InputError
+from hpsearch.errors import DiskFull, InputError
 from hpsearch.metrics import check_objective_metric, resolve_loss
 from hpsearch.objective import (
     Rerun,
@@ -64,6 +65,7 @@ from hpsearch.study import (
     quiet_optuna,
     recover,
     repair_journal,
+    replaced_numbers,
     study_outcomes,
 )
 from hpsearch.summary import best_outcome, build_summary, write_summary
@@ -217,6 +219,12 @@ def _drive(search: Search, work: Callable[[], RunState]) -> RunResult:
         state = work()
     except KeyboardInterrupt:
         raise Interrupted(search.run, search.stop()) from None
+    except DiskFull as full:
+        # stop as for Ctrl-C, as far as the full disk lets us write (the journal holds all)
+        with contextlib.suppress(OSError, DiskFull):
+            search.stop()
+        full.run = search.run
+        raise
     return RunResult(search.run, search.finish(state))
 
 
@@ -269,10 +277,11 @@ def run_search(
     search = Search(spec, data, run, progress, name, reviewer, planner=True)
     if resuming:
         retried = recover(search.study, search.storage, run, search.decode)
-        kept = [o for o in search.live.outcomes() if o.reason_kind != Reason.INTERRUPTED]
+        replaced = replaced_numbers(search.study.get_trials(deepcopy=False))
+        kept = [o for o in search.live.outcomes() if o.number not in replaced]
         print(
             f"resuming {run.root}: {len(kept)} finished trial{'s' * (len(kept) != 1)} kept, "
-            f"{retried} interrupted configuration{'s' * (retried != 1)} retried",
+            f"{retried} configuration{'s' * (retried != 1)} cut short retried",
             file=sys.stderr,
             flush=True,
         )
@@ -417,7 +426,13 @@ def _resume(spec: Spec, options: RunOptions, progress: ProgressSink) -> RunResul
 def _resume_owned(
     run: RunFolder, spec: Spec, options: RunOptions, progress: ProgressSink
 ) -> RunResult:
-    old = load_spec(run.spec)
+    if not run.spec.exists():
+        print(
+            f"warning: {run.spec} is missing; resuming with the spec given on the command line "
+            "as the run's spec (it is written back)",
+            file=sys.stderr,
+        )
+    old = load_spec(run.spec) if run.spec.exists() else spec
     if old.storage and options.storage is None:
         if "***" in old.storage:
             raise InputError(

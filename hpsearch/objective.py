@@ -137,8 +137,8 @@ def _forget_checkpoints(run: RunFolder, job: TrialJob) -> None:
 
 @contextlib.contextmanager
 def deferred_stop() -> Iterator[Callable[[], bool]]:
-    """While trials train, the first Ctrl-C or SIGTERM asks the loop to stop at the end of its
-    batch (it saves checkpoints first and then raises KeyboardInterrupt); a second one
+    """While trials train, the first Ctrl-C, SIGTERM or SIGHUP asks the loop to stop at the end
+    of its batch (it saves checkpoints first and then raises KeyboardInterrupt); a second one
     interrupts at once. Yields the question the loop asks. Signals reach the main thread
     only; elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
@@ -151,7 +151,8 @@ def deferred_stop() -> Iterator[Callable[[], bool]]:
             raise KeyboardInterrupt
         asked.set()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in stops}
     try:
         yield asked.is_set
     finally:

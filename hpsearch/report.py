@@ -30,7 +30,7 @@ from hpsearch.diagnosis import (
     summary_lines,
     wilson_interval,
 )
-from hpsearch.errors import InputError
+from hpsearch.errors import InputError, printable
 from hpsearch.plots import format_value, range_position, rank_trials, short_number, write_plots
 from hpsearch.runs import RunFolder, latest_run, list_runs, owner_of, read_json, write_text
 from hpsearch.space import apply_params
@@ -541,7 +541,7 @@ def render_console(report: Report, console: Console) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     for key, value in header_rows(report):
-        grid.add_row(key, Text(value))
+        grid.add_row(key, _text(value))
     console.print(grid)
     head, rows = trial_table(report)
     console.print(_rich_table(_top_title(report, len(rows)), head, rows))
@@ -560,12 +560,18 @@ def render_console(report: Report, console: Console) -> None:
     if report.warnings:
         console.rule("warnings", style="yellow")
         for warning in report.warnings:
-            console.print(Text(f"! {warning}", style="yellow"))
+            console.print(_text(f"! {warning}", "yellow"))
 
 
 def _print_lines(console: Console, lines: list[str]) -> None:
     for line in lines:
-        console.print(Text(line))  # Text: a '[' in a value is never read as rich markup
+        console.print(_text(line))
+
+
+def _text(value: str, style: str = "") -> Text:
+    """A rich Text of a value from the run: a '[' is never read as markup, and a control
+    character (an escape sequence from the data) is shown, not sent to the terminal."""
+    return Text(printable(value), style=style)
 
 
 def _rich_table(title: str | None, head: list[str], rows: list[list[str]]) -> Table:
@@ -580,7 +586,7 @@ def _rich_table(title: str | None, head: list[str], rows: list[list[str]]) -> Ta
             name, justify=justify, overflow="fold", min_width=widest, max_width=max(widest, word)
         )
     for row in rows:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(_text(cell) for cell in row))
     return table
 
 
@@ -594,7 +600,7 @@ def _settings_tables(report: Report) -> Columns:
         for name, value, searched in settings_rows(report):
             if name.startswith(f"{section}."):
                 key = name.removeprefix(f"{section}.") + (" *" if searched else "")
-                table.add_row(Text(key, style="bold" if searched else ""), Text(value))
+                table.add_row(_text(key, "bold" if searched else ""), _text(value))
         tables.append(table)
     return Columns(tables)
 
@@ -623,8 +629,16 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+# What would turn text from the run into markup: raw HTML, a table cell's end, a link
+_MD_SPECIAL = re.compile(r"([<>|\\]|\](?=\())")
+
+
 def _md(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text from the run (data values included) as literal markdown: one line, with no raw
+    HTML, no table cell broken, no link and no heading (a leading #)."""
+    flat = printable(" ".join(str(text).splitlines()))
+    escaped = _MD_SPECIAL.sub(r"\\\1", flat)
+    return "\\" + escaped if escaped.startswith("#") else escaped
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -750,7 +764,7 @@ def runs_table(runs_dir: Path, folders: list[RunFolder] | None = None) -> Table:
         # a run's full name is what --resume and report take: fold it, never cut it
         table.add_column(column, overflow="fold" if column == "run" else "ellipsis")
     for folder in list_runs(runs_dir) if folders is None else folders:
-        table.add_row(*(Text(cell) for cell in run_row(folder)))
+        table.add_row(*(_text(cell) for cell in run_row(folder)))
     return table
 
 
@@ -764,7 +778,9 @@ def run_row(folder: RunFolder) -> list[str]:
         strategy = s.get("strategy") or "one model"
         return [folder.name, date, strategy, live_state(folder, s["state"]), trials, shown]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or damaged
-        return [folder.name, date, "—", "unknown", "—", "—"]
+        # no summary yet (it comes with the first finished trial): its owner tells
+        state = "unknown" if folder.summary.exists() else live_state(folder, "running")
+        return [folder.name, date, "—", state, "—", "—"]
 
 
 def live_state(folder: RunFolder, recorded: str) -> str:

@@ -155,10 +155,20 @@ def list_runs(runs_dir: Path) -> list[RunFolder]:
     """Run folders under `runs_dir`, oldest first (by the time stamp in their names)."""
     if not runs_dir.is_dir():
         return []
-    folders = [
-        RunFolder(p) for p in runs_dir.iterdir() if p.is_dir() and (p / "spec.yaml").exists()
-    ]
-    return sorted(folders, key=lambda f: (f.spec.stat().st_mtime, f.name))
+    folders = [RunFolder(p) for p in runs_dir.iterdir() if p.is_dir() and is_run(RunFolder(p))]
+    return sorted(folders, key=lambda f: (_made(f), f.name))
+
+
+def is_run(folder: RunFolder) -> bool:
+    """A run folder: its spec, or (when the spec was deleted) its summary or journal."""
+    return any(p.is_file() for p in (folder.spec, folder.summary, folder.study_log))
+
+
+def _made(folder: RunFolder) -> float:
+    for path in (folder.spec, folder.summary, folder.study_log):
+        if path.is_file():
+            return path.stat().st_mtime
+    return 0.0
 
 
 def latest_run(runs_dir: Path) -> RunFolder | None:
@@ -175,7 +185,7 @@ def find_run(runs_dir: Path, resume: str) -> RunFolder:
         return run
     path = Path(resume)
     for candidate in (path, runs_dir / resume):
-        if (candidate / "spec.yaml").is_file():
+        if candidate.is_dir() and is_run(RunFolder(candidate)):
             return RunFolder(candidate)
     raise InputError(f"--resume: no run folder '{resume}' (looked in {runs_dir})")
 

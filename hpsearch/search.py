@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.data import Dataset
-from hpsearch.errors import InputError
+from hpsearch.errors import DiskFull, InputError
 from hpsearch.objective import rerank_seed, score_best
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer
@@ -45,6 +45,7 @@ from hpsearch.study import (
 from hpsearch.summary import LiveSummary, best_outcome, ranked_outcomes
 from hpsearch.train import resolve_device
 from hpsearch.workers import (
+    DISK_FULL_EXIT,
     WorkerTask,
     cores,
     pinned_gpu,
@@ -223,6 +224,8 @@ class Search:
         count = max(1, min(self.workers, target - before))
         tasks = [self.task(target, w, index, count) for w in range(count)]
         codes = run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
+        if DISK_FULL_EXIT in codes:
+            raise DiskFull(str(self.run.trials_dir))
         if all(code not in (0, None) for code in codes) and budget_used(self.study) == before:
             # every worker died without starting a trial: trying again would loop for ever
             raise InputError(

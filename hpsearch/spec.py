@@ -90,10 +90,11 @@ class SplitColumn(Strict):
 class SyntheticOptions(Strict):
     """Size of a `synthetic:` data set (scikit-learn's make_classification / make_regression)."""
 
-    samples: PositiveInt = 1000
-    features: PositiveInt = 20
+    # generated in memory: a million rows of ten thousand features is already 80 GB
+    samples: int = Field(1000, gt=0, le=1_000_000, strict=True)
+    features: int = Field(20, gt=0, le=10_000, strict=True)
     informative: PositiveInt = 10
-    classes: int = Field(2, ge=2, le=MAX_COUNT, strict=True)
+    classes: int = Field(2, ge=2, le=1000, strict=True)
     noise: NonNegativeFloat = 0.0  # label noise fraction (classification) or target noise std
 
     @model_validator(mode="after")

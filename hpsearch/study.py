@@ -438,14 +438,15 @@ def fail_running(
 
 
 def retry_interrupted(study: optuna.Study) -> int:
-    """Trials cut short run again (once each) instead of using up the budget; how many."""
+    """Trials cut short (interrupted, or failed for a full disk) run again, once each, instead
+    of using up the budget; how many."""
     trials = study.get_trials(deepcopy=False)
     replaced = replaced_numbers(trials)
     queued = 0
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
-            and failure_reason(trial) == Reason.INTERRUPTED
+            and failure_reason(trial) in (Reason.INTERRUPTED, Reason.DISK)
             and RETRY_ATTR not in trial.user_attrs
             and trial.number not in replaced
         ):

@@ -14,6 +14,7 @@ import optuna
 
 from hpsearch.data import Dataset
 from hpsearch.diagnosis import Sample, diagnose
+from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.objective import FinalEvaluation
 from hpsearch.outcome import Reason, RunState, TrialOutcome, TrialState
 from hpsearch.runs import RunFolder, write_json
@@ -116,6 +117,13 @@ def _welch_margin(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
         return 0.0
     df = (a + b) ** 2 / (a * a / max(1, n_a - 1) + b * b / max(1, n_b - 1))
     return float(t.ppf(0.975, df)) * math.sqrt(a + b)
+
+
+def _reason_kind(outcome: TrialOutcome) -> str:
+    """A failure reason as counted: a disk failure without the trial's path, so a full disk
+    counts once ('disk: No space left on device: 6'), not once per folder."""
+    reason = str(outcome.reason)
+    return reason.split(" (", 1)[0] if outcome.reason_kind == Reason.DISK else reason
 
 
 def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
@@ -225,7 +233,7 @@ def build_summary(
             "direction": spec.objective.resolved_direction,
         },
         "counts": {s.value: counts.get(s, 0) for s in STATES},
-        "failure_reasons": dict(Counter(str(o.reason) for o in failed)),
+        "failure_reasons": dict(Counter(_reason_kind(o) for o in failed)),
         "wall_seconds": round(wall_seconds, 3) if wall_seconds is not None else None,
         "best": best_entry,
         "rerank": [standing.to_dict() for standing in rerank_standings(spec, outcomes)] or None,
@@ -373,9 +381,14 @@ class LiveSummary:
             last = outcome is fresh[-1]
             self.on_finished(outcome, self.status() if last else None)
         if time.perf_counter() - self.written >= SUMMARY_INTERVAL:
-            write_summary(
-                self.run, self.spec, self.known, RunState.RUNNING, self.started, self.study_name
-            )
+            try:
+                write_summary(
+                    self.run, self.spec, self.known, RunState.RUNNING, self.started, self.study_name
+                )
+            except OSError as exc:
+                if is_disk_full(exc):
+                    raise DiskFull(str(self.run.summary)) from None
+                raise
             self.written = time.perf_counter()
 
     def status(self) -> SearchStatus:

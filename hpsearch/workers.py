@@ -8,6 +8,8 @@ the engine: the planner hands them callbacks (progress, the live summary).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import multiprocessing
 import os
@@ -23,8 +25,16 @@ import optuna
 import torch
 
 from hpsearch.data import Dataset
-from hpsearch.objective import TrialJob, job_for, resume_position, resume_state, run_stack
-from hpsearch.outcome import TrialOutcome
+from hpsearch.errors import DiskFull, says_disk_full
+from hpsearch.objective import (
+    TrialJob,
+    deferred_stop,
+    job_for,
+    resume_position,
+    resume_state,
+    run_stack,
+)
+from hpsearch.outcome import Reason, TrialOutcome
 from hpsearch.progress import (
     ProgressSink,
     QueueProgress,
@@ -58,6 +68,8 @@ from hpsearch.study import (
     tell_outcome,
 )
 
+DISK_FULL_EXIT = 28  # a worker's exit code when the disk is full (ENOSPC)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 STOP_GRACE = 5.0  # seconds workers get to record their trials as interrupted on Ctrl-C
 
 
@@ -219,32 +231,40 @@ def trial_loop(
     while True:
         if run.stop_requested() or (task.deadline and time.time() >= task.deadline):
             return False
-        with budget_lock(storage, task.study_name, run.root):
-            fail_stale(study, storage)
-            room = target - budget_used(study)
-            if room <= 0:
-                return False
-            trials = [ask_next(study) for _ in range(min(task.stack, room))]
-        proposals = []
-        for trial in trials:
-            mark_worker(trial)
-            proposals.append((trial, suggest(trial, task.params, task.spec)))
-        if task.review is not None:  # panda: one trial at a time
-            trial, values = proposals[0]
-            reviewed = task.review(trial.number, values)
-            if reviewed is None:
-                skip_trial(study, trial)
-                run.request_stop()
-                return True
-            if reviewed != values:
-                edit = replace_trial(study, trial, to_optuna_params(task.params, reviewed))
-                target += 1  # the skipped proposal does not count; its edit does
-                if edit is None:
-                    continue
-                mark_worker(edit)
-                proposals = [(edit, suggest(edit, task.params, task.spec))]
+        if not planner_alive():
+            return False
+        asked: list[optuna.Trial] = []  # every trial this pass holds, told or not
+        full: str | None = None  # where a trial found the disk full
+        proposals: list[Proposal] = []
         told: set[int] = set()
         try:
+            # a stop while asking waits until the trial is in `asked`, so it is recorded
+            with deferred_stop(), budget_lock(storage, task.study_name, run.root):
+                fail_stale(study, storage)
+                room = target - budget_used(study)
+                if room <= 0:
+                    return False
+                for _ in range(min(task.stack, room)):
+                    asked.append(ask_next(study))
+            for trial in asked:
+                mark_worker(trial)
+                proposals.append((trial, suggest(trial, task.params, task.spec)))
+            if task.review is not None:  # panda: one trial at a time
+                trial, values = proposals[0]
+                reviewed = task.review(trial.number, values)
+                if reviewed is None:
+                    skip_trial(study, trial)
+                    run.request_stop()
+                    return True
+                if reviewed != values:
+                    told.add(trial.number)  # skipped
+                    edit = replace_trial(study, trial, to_optuna_params(task.params, reviewed))
+                    target += 1  # the skipped proposal does not count; its edit does
+                    if edit is None:
+                        continue
+                    asked.append(edit)
+                    mark_worker(edit)
+                    proposals = [(edit, suggest(edit, task.params, task.spec))]
             for group in shape_groups(task.spec, run, proposals):
                 for trial, outcome in train_group(task, run, storage, group, progress):
                     value = outcome.value
@@ -254,21 +274,49 @@ def trial_loop(
                     told.add(trial.number)
                     if on_finished is not None:
                         on_finished(outcome)
+                    if outcome.reason_kind == Reason.DISK and says_disk_full(outcome.reason):
+                        full = str(run.trial(trial.number).root)
+            if full is not None:  # every later trial would fail the same way: stop the run
+                raise DiskFull(full)
         except KeyboardInterrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for trial, values in proposals:
+            # a stop at any point after a trial was asked (training, or still asking)
+            # leaves no trial RUNNING: each is recorded as interrupted, to be retried
+            for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(stop, signal.SIG_IGN)  # recording is not to be cut short
+            values = {trial.number: v for trial, v in proposals}
+            for trial in asked:
                 if trial.number not in told:
-                    tell_outcome(study, trial, record_interrupted(run, trial.number, values))
+                    outcome = record_interrupted(run, trial.number, values.get(trial.number, {}))
+                    tell_outcome(study, trial, outcome)
             raise
 
 
 # --- processes --------------------------------------------------------------------------------
 
 
+def _die_with_planner() -> None:
+    """A worker never outlives the process that started it: on Linux the kernel sends it
+    SIGTERM (a clean stop: its trials are recorded as interrupted) when the planner dies, even
+    by SIGKILL; elsewhere the trial loop checks between trials."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if not planner_alive():  # it died before the request above took effect
+        sys.exit(130)
+
+
+def planner_alive() -> bool:
+    """False in a worker process whose planner is gone (always True in the planner)."""
+    parent = multiprocessing.parent_process()
+    return parent is None or (os.getppid() == parent.pid and parent.is_alive())
+
+
 def _worker_main(tasks: Any, events: Any = None) -> None:
     """Entry point of a caviar worker process: take a task from the planner's queue, work;
     with `events`, tell the planner's live view of each trial's start and epochs."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, signal.default_int_handler)  # stop like Ctrl-C
+    _die_with_planner()
     try:
         task: WorkerTask = tasks.get()
         if task.gpu is not None:
@@ -279,7 +327,12 @@ def _worker_main(tasks: Any, events: Any = None) -> None:
             torch.set_num_threads(task.threads)
         with quiet_optuna():
             trial_loop(task, SilentProgress() if events is None else QueueProgress(events))
+    except DiskFull as full:
+        print(f"worker: {full}", file=sys.stderr)
+        sys.exit(DISK_FULL_EXIT)
     except KeyboardInterrupt:
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # stopped: exit in peace
+            signal.signal(stop, signal.SIG_IGN)
         sys.exit(130)
 
 
@@ -325,7 +378,10 @@ def run_processes(
             for process in processes:
                 if process.exitcode not in (None, 0) and process.pid not in noted:
                     noted.add(process.pid)
-                    on_dead(process.pid)
+                    if process.exitcode == DISK_FULL_EXIT:  # the others would fail alike
+                        stop_processes(processes)
+                    else:
+                        on_dead(process.pid)
             if not alive:
                 tick()
                 return [process.exitcode for process in processes]

@@ -686,3 +686,14 @@ def test_train_dev_separates_variance_from_mismatch():
     same = diagnose(0.02, 0.025, train_dev_error=0.021, human_level_error=0.0, samples=big)
     assert same.mismatch is False and same.judgements["variance"].level == "low"
     assert diagnose(0.02, 0.03, train_dev_error=0.021, samples=sizes).mismatch is None
+
+
+@pytest.mark.parametrize("name", ["yes", "null", "a: b", "# x", "1e3", "north-east", "ünï"])
+def test_the_weights_snippet_reads_back_as_the_group_names(name):
+    """The suggested data.weights line is pasted into a spec: it must be YAML that names the
+    groups exactly, whatever the data calls them."""
+    import yaml
+
+    from hpsearch.diagnosis import _yaml_key
+
+    assert yaml.safe_load(f"{{{_yaml_key(name)}: 2}}") == {name: 2}

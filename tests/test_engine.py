@@ -222,7 +222,7 @@ def test_sigint_exits_130_and_resumes(tmp_path):
     assert resumed.returncode == 0, err
     assert read_json(run / "summary.json")["state"] == "finished"
     plural = "s" if cut != 1 else ""
-    said = f"resuming {run}: 0 finished trials kept, {cut} interrupted configuration{plural} "
+    said = f"resuming {run}: 0 finished trials kept, {cut} configuration{plural} cut short retried"
     assert said in err
     # the status lines count against the budget: a retry replaces what it retries
     counted = [int(n) for n in re.findall(r"^\[(\d+)/3\]", err, flags=re.MULTILINE)]

@@ -117,3 +117,65 @@ def test_run_names_never_escape_the_runs_directory(tmp_path_factory, name):
         return  # refused by the spec: nothing is created
     folder = create_run(runs, spec.name)
     assert folder.root.resolve().parent == runs.resolve()
+
+
+def _numeric_paths() -> list[str]:
+    """Every spec key that holds a number (the search space's bounds too)."""
+    from hpsearch.spec import field_paths, field_types
+
+    paths = [p for p in field_paths(Spec) if {int, float} & set(field_types(p) or [])]
+    return paths + ["search.space.train.lr.low", "search.space.train.lr.high"]
+
+
+HOSTILE_NUMBERS = st.one_of(
+    st.sampled_from(
+        [float("inf"), float("-inf"), float("nan"), True, False, 0, -1, 2**31, 2**32, 2**63, 10**30]
+    ),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+)
+
+
+def _with(path: str, value) -> dict:
+    raw = {"name": "t", "data": {"source": "sklearn:iris"}}
+    if path.startswith("search.space."):
+        bound = path.rsplit(".", 1)[1]
+        param = {"low": 1e-3, "high": 1e-1, bound: value}
+        raw["search"] = {"space": {"train.lr": param}}
+        return raw
+    node = raw
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    if parents[:1] == ["search"]:
+        raw["search"].setdefault("space", {"train.lr": {"low": 1e-3, "high": 1e-1}})
+    return raw
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_numeric_paths()), HOSTILE_NUMBERS)
+def test_numbers_at_and_beyond_every_bound_are_a_spec_or_a_clean_error(path, value):
+    """inf, NaN, huge integers and booleans in every numeric key: refused with an input error,
+    or accepted as a finite number a run can use (never a crash later)."""
+    import math
+
+    try:
+        spec = spec_from_dict(_with(path, value))
+    except InputError:
+        return
+    numbers = [v for v in _leaves(spec.model_dump()) if isinstance(v, int | float)]
+    assert all(math.isfinite(v) for v in numbers), (path, value)
+    if isinstance(value, bool):  # a count never takes true/false for 1/0
+        assert not any(path.endswith(k) for k in ("epochs", "trials", "batch_size", "seed"))
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _leaves(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _leaves(value)
+    else:
+        yield node

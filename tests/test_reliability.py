@@ -104,7 +104,9 @@ def fault_disk(monkeypatch, runs):
 
     def write(path, payload):
         if Path(path).parent.name == "1":
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            # a disk that refuses one trial's file (a full disk stops the run instead:
+            # test_a_full_disk_stops_the_run_cleanly_and_resume_finishes_it)
+            raise OSError(errno.EIO, "Input/output error", str(path))
         return real(path, payload)
 
     monkeypatch.setattr(objective, "write_json", write)
@@ -118,7 +120,7 @@ FAULTS = {
     "cuda-out-of-memory": (raising_in_trial_one(torch.cuda.OutOfMemoryError("CUDA OOM")), "oom"),
     "infinite-loss": (loss_in_trial_one(float("inf")), "diverged"),
     "nan-loss": (loss_in_trial_one(float("nan")), "diverged"),
-    "disk-refuses-writes": (fault_disk, "disk: No space left on device"),
+    "disk-refuses-writes": (fault_disk, "disk: Input/output error"),
 }
 
 
@@ -374,7 +376,7 @@ def test_damaged_best_weights_finish_the_run_with_a_warning(tmp_path, finished_r
 
 
 def test_one_resumer_at_a_time_and_a_killed_run_reads_as_killed(tmp_path):
-    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 20000, "early_stopping": None})
     runs = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
@@ -393,4 +395,116 @@ def test_one_resumer_at_a_time_and_a_killed_run_reads_as_killed(tmp_path):
         proc.wait()
     listed = cli("runs", "--runs-dir", runs)
     assert "killed (resumable)" in listed.stdout
-    assert "killed (resumable)" in cli("report", run).stdout
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes a run started (its children but multiprocessing's resource
+    tracker, which outlives it by design)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in found.split()]
+    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    return not (state.exists() and state.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_and_sigterm_stop_a_caviar_run_like_ctrl_c(tmp_path, stop):
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert _wait_for(lambda: _running_trial_folders(runs))
+    workers = _workers_of(proc.pid)
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "resume with: hpsearch run" in err
+    (run,) = runs.iterdir()
+    assert read_json(run / "summary.json")["state"] == "interrupted"
+    assert "RUNNING" not in states(run)
+    assert workers and not any(_alive(w) for w in workers)
+
+
+def test_workers_never_outlive_a_killed_planner(tmp_path):
+    """SIGKILL of the run alone (not its process group): the kernel stops its workers, which
+    record their trials as interrupted; --resume then finishes the budget."""
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
+        stderr=subprocess.DEVNULL,
+    )
+    assert _wait_for(lambda: _running_trial_folders(runs))
+    workers = _workers_of(proc.pid)
+    assert workers
+    proc.kill()
+    proc.wait()
+    assert _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
+    (run,) = runs.iterdir()
+    assert "RUNNING" not in states(run)  # the workers said so before they went
+    resumed = cli("run", spec, "--resume", run, "--trials", "3", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_json(run / "summary.json")["state"] == "finished"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3 MB filesystem (tmpfs), where this machine lets us mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_resume_finishes_it(tmp_path, small_disk):
+    """[512, 512] models (1.2 MB of weights each) fill 3 MB after two trials: the run stops
+    with one message (exit 1), leaves no half-written file, and once there is room the
+    resume retries what the disk refused without counting it against the budget."""
+    import shutil
+
+    spec = spec_file(
+        tmp_path,
+        {"trials": 6, "workers": 1, "space": {"train.lr": {"low": 1e-3, "high": 0.1}}},
+        train={"epochs": 2},
+    )
+    spec.write_text(spec.read_text().replace("- 8", "- 512\n  - 512"))
+    result = cli("run", spec, "--runs-dir", small_disk)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "disk full at" in result.stderr and "--resume" in result.stderr
+    (run,) = small_disk.iterdir()
+    assert not list(run.rglob(".*.tmp"))  # no half-written file
+    for model in run.glob("trials/*/model.pt"):
+        torch.load(model, weights_only=True)  # every weights file there is whole
+    assert "RUNNING" not in states(run)
+    moved = tmp_path / "roomy" / run.name
+    shutil.copytree(run, moved)
+    resumed = cli("run", spec, "--resume", moved, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = read_json(moved / "summary.json")
+    assert summary["state"] == "finished" and summary["counts"]["complete"] == 6
+
+
+def test_a_run_whose_spec_was_deleted_is_still_listed_and_resumable(tmp_path, finished_run):
+    spec, run = damaged(tmp_path, finished_run, lambda run: (run / "spec.yaml").unlink())
+    assert run.name in cli("runs", "--runs-dir", run.parent).stdout
+    resumed = cli("run", spec, "--resume", run, "--trials", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "spec.yaml is missing; resuming with the spec given" in resumed.stderr
+    assert (run / "spec.yaml").is_file()
+    assert read_json(run / "summary.json")["counts"]["complete"] == 4

@@ -294,7 +294,9 @@ def test_runs_table_lists_runs_and_survives_broken_ones(tmp_path):
     assert [line.split()[1].split("-")[0] for line in lines] == ["fake", "broken", "missing"]
     assert "2026-01-01 12:00" in lines[0] and "random" in lines[0] and "4/6" in lines[0]
     assert "dev_error 0.1" in lines[0]
-    assert "unknown" in lines[1] and "unknown" in lines[2]
+    assert "unknown" in lines[1]
+    # no summary yet and no process that owns it: killed before its first trial finished
+    assert "killed (resumable)" in lines[2]
 
 
 def test_resolve_run_by_name_path_or_newest(tmp_path):
@@ -366,3 +368,33 @@ def test_the_top_trials_table_never_cuts_a_value_on_80_columns(run):
     assert "[32,16]" in text
     table = text[text.index("Top 4 trials") : text.index("best trial")]
     assert "…" not in table
+
+
+HOSTILE = {
+    "<script>alert(1)</script>": {"train_error": 0.01, "dev_error": 0.04},
+    '"><img src=x onerror=alert(1)>': {"train_error": 0.02, "dev_error": 0.05},
+    "two\nlines | # Heading": {"train_error": 0.1, "dev_error": 0.3},
+    "\x1b[2Jwiped": {"train_error": 0.03, "dev_error": 0.06},
+}
+
+
+def test_data_values_are_literal_in_markdown(tmp_path):
+    """Group names come from the data: in report.md they stay text — no raw HTML, no broken
+    table, no heading."""
+    import re
+
+    markdown = render_markdown(load_report(make_run(tmp_path, search_trials(), groups=HOSTILE)))
+    assert not re.search(r"(?<!\\)<", markdown), "raw HTML"
+    assert "\\<script\\>alert(1)\\</script\\>" in markdown
+    assert "\x1b" not in markdown
+    assert not [line for line in markdown.splitlines() if line.startswith("lines")]
+    assert "| two lines \\| # Heading | 10.00% | 30.00% | — | harder |" in markdown
+    assert not [line for line in markdown.splitlines() if line.startswith("# Heading")]
+
+
+def test_escape_sequences_in_data_never_reach_the_terminal(tmp_path):
+    console = Console(record=True, width=160, force_terminal=True)
+    render_console(load_report(make_run(tmp_path, search_trials(), groups=HOSTILE)), console)
+    shown = console.export_text(styles=False)
+    assert "\x1b" not in shown
+    assert "\\x1b[2Jwiped" in shown
