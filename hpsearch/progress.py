@@ -49,7 +49,7 @@ def _metric_text(record: dict[str, Any]) -> str:
 def rescue_text(number: int, event: dict[str, Any]) -> str:
     return (
         f"trial {number} rescued at epoch {event['epoch']} ({event['reason']}): back to its "
-        f"best weights, lr now {_short(event['lr'])}"
+        f"best weights, lr now {short_value(event['lr'])}"
     )
 
 
@@ -81,18 +81,19 @@ def outcome_text(outcome: TrialOutcome) -> str:
 
 def _param_text(path: str, value: Any, outcome: TrialOutcome) -> str:
     """`train.lr=0.3→0.003` when rescues cut the learning rate the trial trained with."""
-    text = f"{path}={_short(value)}"
+    text = f"{path}={short_value(value)}"
     if path == "train.lr" and outcome.rescues:
-        text += f"→{_short(outcome.rescues[-1]['lr'])}"
+        text += f"→{short_value(outcome.rescues[-1]['lr'])}"
     return text
 
 
-def _short(value: Any) -> str:
+def short_value(value: Any) -> str:
+    """A value as the live lines show it: floats to four significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+    return ", ".join(f"{k}={short_value(v)}" for k, v in params.items())
 
 
 # --- plain lines (CI logs, pipes) -------------------------------------------------------------

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.text import Text
 
 from hpsearch.errors import InputError
-from hpsearch.progress import ProgressSink, SilentProgress
+from hpsearch.progress import ProgressSink, SilentProgress, short_value
 from hpsearch.space import Param, apply_params, in_range
 from hpsearch.spec import Spec
 
@@ -86,7 +86,7 @@ class PandaReviewer:
         with self.progress.paused():
             edited = False
             while True:
-                shown = ", ".join(f"{k}={_short(v)}" for k, v in values.items()) or "(none)"
+                shown = ", ".join(f"{k}={short_value(v)}" for k, v in values.items()) or "(none)"
                 label = "edited proposal (runs as a new trial)" if edited else "proposal"
                 self.console.print(Text.assemble((f"trial {number}", "bold"), f" {label}: {shown}"))
                 self.console.print(PROMPT, end="")
@@ -186,7 +186,3 @@ def _edit(
             return None
         return {**values, path: value}
     return None
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

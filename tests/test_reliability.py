@@ -150,14 +150,16 @@ def test_exploding_gradients_without_clipping_diverge(tmp_path):
     assert reasons["None"] == "diverged"
 
 
-def test_second_ctrl_c_exits_at_once(tmp_path):
-    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
+def start_slow_run(tmp_path, epochs=300, **popen) -> tuple[Path, Path, subprocess.Popen]:
+    """A caviar run that trains long enough to be stopped mid-trial: spec, runs dir, process."""
+    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": epochs, "early_stopping": None})
     runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    command = [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)]
+    return spec, runs, subprocess.Popen(command, **popen)
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    spec, runs, proc = start_slow_run(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert _wait_for(lambda: _running_trial_folders(runs))
     started = time.time()
     proc.send_signal(signal.SIGINT)
@@ -376,13 +378,8 @@ def test_damaged_best_weights_finish_the_run_with_a_warning(tmp_path, finished_r
 
 
 def test_one_resumer_at_a_time_and_a_killed_run_reads_as_killed(tmp_path):
-    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 20000, "early_stopping": None})
-    runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+    spec, runs, proc = start_slow_run(
+        tmp_path, epochs=20000, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         assert _wait_for(lambda: _running_trial_folders(runs))
@@ -416,13 +413,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("stop", [signal.SIGHUP, signal.SIGTERM])
 def test_sighup_and_sigterm_stop_a_caviar_run_like_ctrl_c(tmp_path, stop):
-    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
-    runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    spec, runs, proc = start_slow_run(tmp_path, stderr=subprocess.PIPE, text=True)
     assert _wait_for(lambda: _running_trial_folders(runs))
     workers = _workers_of(proc.pid)
     proc.send_signal(stop)
@@ -438,12 +429,7 @@ def test_sighup_and_sigterm_stop_a_caviar_run_like_ctrl_c(tmp_path, stop):
 def test_workers_never_outlive_a_killed_planner(tmp_path):
     """SIGKILL of the run alone (not its process group): the kernel stops its workers, which
     record their trials as interrupted; --resume then finishes the budget."""
-    spec = spec_file(tmp_path, SLOW_SEARCH, train={"epochs": 300, "early_stopping": None})
-    runs = tmp_path / "runs"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(spec), "--runs-dir", str(runs)],
-        stderr=subprocess.DEVNULL,
-    )
+    spec, runs, proc = start_slow_run(tmp_path, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: _running_trial_folders(runs))
     workers = _workers_of(proc.pid)
     assert workers
