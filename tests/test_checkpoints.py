@@ -92,7 +92,13 @@ def _stop(spec_path, runs, how, delay):
         assert proc.poll() is None, proc.communicate()[1]
         assert time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.05)
-    time.sleep(delay)
+    until = time.time() + delay
+    # a kill at a random moment of training, but while a trial still trains: once trials
+    # start finishing (their checkpoints go), it comes at once
+    seen = len(_checkpoints(runs))
+    while time.time() < until and len(_checkpoints(runs)) >= seen:
+        seen = max(seen, len(_checkpoints(runs)))
+        time.sleep(0.01)
     if how == "kill":
         os.killpg(proc.pid, signal.SIGKILL)
     else:
