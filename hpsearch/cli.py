@@ -299,12 +299,14 @@ def _number(value: float | None) -> str:
 
 @app.command()
 @user_errors
-def validate(spec: SpecArg) -> None:
-    """Check a spec (and its data) without running anything."""
+def validate(spec: SpecArg, runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR) -> None:
+    """Check a spec (and its data, and the model its init_from names) without running
+    anything."""
     from hpsearch.engine import prepare
     from hpsearch.spec import load_spec
+    from hpsearch.transfer import resolve_init_from
 
-    loaded = load_spec(spec)
+    loaded = resolve_init_from(load_spec(spec), runs_dir)
     data = prepare(loaded)
     sizes = "/".join(str(len(split)) for split in data.splits.values())
     names = "/".join(data.splits)
@@ -404,6 +406,77 @@ def report(
     if output_format == "markdown":
         print(path.read_text(encoding="utf-8"), end="")
     print(f"wrote {path}", file=sys.stderr)
+
+
+@app.command()
+@user_errors
+def improve(
+    run: RunArg,
+    rounds: Annotated[int, typer.Option(metavar="N", help="At most this many new runs.")] = 3,
+    trials: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Trials per round (overrides search.trials)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(metavar="DEV_ERROR", help="Stop once the dev error is this low (0.03, 3%)."),
+    ] = None,
+    runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR,
+    quiet: QuietOpt = False,
+) -> None:
+    """Follow a run's diagnosis: next spec, run, diagnose again.
+
+    Bias first (bigger network, longer training, optimizer, lr range), then variance (L2,
+    dropout, input noise, early stopping), then data mismatch (group weights). Each round is a
+    new run folder holding the commented spec it ran (improve-spec.yaml) and the chain so far
+    (improve.json). The chain stops when the dev error no longer falls beyond its 95%
+    interval, when what is left needs more data rather than a new spec, at --until, or after
+    --rounds.
+    """
+    from hpsearch import report as reports
+    from hpsearch.improve import improve as follow
+
+    for name, n in (("--rounds", rounds), ("--trials", trials)):
+        if n is not None and n < 1:
+            raise InputError(f"{name}: {n}; give a count of at least 1")
+    goal = _error_rate("--until", until)
+    start = reports.resolve_run(None if run == "latest" else run, runs_dir)
+    chain = follow(
+        start,
+        _round_runner(runs_dir, trials, quiet),
+        rounds=rounds,
+        until=goal,
+        say=lambda line: print(printable(line), file=sys.stderr, flush=True),
+    )
+    print(f"stopped: {chain.stop}")
+    print(f"result: {chain.result.run} (round {chain.result.number})")
+    if chain.failed:
+        raise typer.Exit(EXIT_GATE)
+
+
+def _round_runner(runs_dir: Path, trials: int | None, quiet: bool) -> Any:
+    """One round of `improve`: the spec file run as `hpsearch run` runs it."""
+    from hpsearch.engine import Interrupted, RunOptions, run_spec
+    from hpsearch.progress import make_progress
+
+    def run_round(spec: Path) -> tuple[Any, dict[str, Any]]:
+        try:
+            result = run_spec(
+                spec, RunOptions(runs_dir=runs_dir, trials=trials), make_progress(quiet)
+            )
+        except Interrupted as stop:
+            print(f"interrupted: {stop.kept()}", file=sys.stderr)
+            print(
+                f"resume with: hpsearch run {stop.run.spec} --resume {stop.run.root}",
+                file=sys.stderr,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except DiskFull as full:
+            raise _fail(f"{full}: free some space, then run improve again", EXIT_GATE) from None
+        _print_outcome(result.summary)
+        return result.run, result.summary
+
+    return run_round
 
 
 @app.command()

@@ -14,7 +14,7 @@ import io
 import math
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ SPLITS = ("train", "dev", "test")
 AUTO_SPLIT_ROWS = 100_000  # at or above this many rows, split: auto means 98/1/1
 MAX_INTEGER_CLASSES = 20  # an integer target with more distinct values is inferred as regression
 MAX_CATEGORIES = 1000  # one-hot encoding a column with more values would swamp memory
+REMEDY_FIELDS = ("feature_weights", "augment", "oversample")  # data keys applied per trial
 BUNDLED_TARGET = "target"  # target column name of sklearn: and synthetic: data
 
 
@@ -64,6 +65,9 @@ class Dataset:
     splits: dict[str, Split]  # "train", "dev", "test" (test has 0 rows when its ratio is 0)
     split_info: dict[str, Any]  # JSON-ready content of split.json
     fingerprint: str  # sha256 hex of the data's content, the data spec and the seed
+    # raw feature column -> its encoded features' positions (one, or a one-hot block)
+    feature_columns: dict[str, list[int]] = field(default_factory=dict)
+    numeric: np.ndarray | None = None  # bool [features]: a numeric column (not an indicator)
 
     @property
     def n_features(self) -> int:
@@ -113,6 +117,8 @@ def load_dataset(spec: DataSpec, seed: int) -> Dataset:
         splits=splits,
         split_info=_split_info(columns.target, part, target, groups, row_hashes, encoder),
         fingerprint=_fingerprint(spec, seed, raw.content),
+        feature_columns=encoder.positions,
+        numeric=encoder.numeric,
     )
 
 
@@ -510,6 +516,17 @@ class _Encoder:
     @property
     def feature_names(self) -> list[str]:
         return [name for name, _ in self._layout()]
+
+    @property
+    def positions(self) -> dict[str, list[int]]:
+        """Raw column -> the positions of its encoded features."""
+        positions: dict[str, list[int]] = {}
+        at = 0
+        for name in self.columns:
+            width = len(self.categories[name]) if name in self.categories else 1
+            positions[name] = list(range(at, at + width))
+            at += width
+        return positions
 
     @property
     def numeric(self) -> np.ndarray:
@@ -933,6 +950,7 @@ def _fingerprint(spec: DataSpec, seed: int, content: bytes) -> str:
     """sha256 of the data, the data spec and the seed; a file's folder does not count."""
     portable = spec.model_copy(update={"source": Path(spec.source).name}) if spec.is_file else spec
     digest = hashlib.sha256(content)
-    digest.update(portable.model_dump_json().encode())
+    # the remedies are applied per trial to the loaded data (hpsearch.remedies), not part of it
+    digest.update(portable.model_dump_json(exclude=set(REMEDY_FIELDS)).encode())
     digest.update(str(seed).encode())
     return digest.hexdigest()

@@ -37,6 +37,7 @@ from hpsearch.objective import (
 )
 from hpsearch.outcome import Reason, RunState
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.remedies import check_remedies, resampling_info
 from hpsearch.review import PandaReviewer
 from hpsearch.runs import (
     DEFAULT_RUNS_DIR,
@@ -49,8 +50,15 @@ from hpsearch.runs import (
     write_text,
 )
 from hpsearch.search import Search
-from hpsearch.space import decode_params, parse_space
-from hpsearch.spec import Spec, check_resume_compatible, load_spec, spec_from_dict, spec_to_yaml
+from hpsearch.space import apply_params, decode_params, parse_space
+from hpsearch.spec import (
+    Spec,
+    check_resume_compatible,
+    format_path,
+    load_spec,
+    spec_from_dict,
+    spec_to_yaml,
+)
 from hpsearch.storage import mask_args, mask_url, probe_storage
 from hpsearch.strategies import check_strategy
 from hpsearch.study import (
@@ -71,6 +79,8 @@ from hpsearch.study import (
 from hpsearch.summary import best_outcome, build_summary, write_summary
 from hpsearch.tracking import MlflowTracker, TrackingProgress, open_tracker
 from hpsearch.train import resolve_device
+from hpsearch.transfer import plan as transfer_plan
+from hpsearch.transfer import resolve_init_from
 
 
 class Interrupted(Exception):
@@ -156,12 +166,52 @@ def prepare(spec: Spec) -> Dataset:
         check_strategy(spec.search)
         parse_space(spec)
     data = load_dataset(spec.data, spec.seed)
+    check_trial_data(spec, data)
     resolve_loss(spec.train.loss, data.task)
     check_objective_metric(spec.objective.metric, data.task)
     resolve_device(spec.device)
     if spec.storage is not None:
         probe_storage(spec.storage)
     return data
+
+
+def check_trial_data(spec: Spec, data: Dataset) -> None:
+    """The data remedies and init_from of the spec, and of every value its space gives a
+    data or model key, fit the loaded data: an error names the key (or the choice) now, not
+    in the middle of a search."""
+    _check_remedies_of(spec, data, ("data",))
+    transfers = spec.model.init_from is not None
+    for param in parse_space(spec) if spec.search is not None else []:
+        if not param.path.startswith("data.") and not (
+            transfers and param.path.startswith("model.")
+        ):
+            continue
+        values = param.options if not param.is_range else [param.spec.low, param.spec.high]
+        if param.kind == "int":
+            values = [int(v) for v in values]
+        for value in values:
+            where = ("search", "space", param.path)
+            try:
+                alone = apply_params(spec, {param.path: value})
+            except InputError:  # valid only with other params (layers + units): the space's
+                continue
+            try:
+                _check_remedies_of(alone, data, where)
+            except InputError as exc:
+                raise spec.error_at(
+                    where, f"{format_path(where)}: choice {value!r}: {exc}"
+                ) from None
+
+
+def _check_remedies_of(spec: Spec, data: Dataset, where: tuple[str, ...]) -> None:
+    try:
+        check_remedies(spec.data, data)
+        transfer_plan(spec, data)
+    except InputError as exc:
+        if where != ("data",) or exc.source is not None:
+            raise
+        key = tuple(str(exc).split(":")[0].split(".")[:2])
+        raise spec.error_at(key, str(exc)) from None
 
 
 def _version(package: str) -> str | None:
@@ -203,7 +253,13 @@ def write_run_files(run: RunFolder, spec: Spec, data: Dataset) -> None:
     """What is known before training: the resolved spec, the environment, the split."""
     write_text(run.spec, spec_to_yaml(masked(spec)))
     write_json(run.env, environment(spec, resolve_device(spec.device)))
-    write_json(run.split, data.split_info)
+    write_json(run.split, split_record(spec, data))
+
+
+def split_record(spec: Spec, data: Dataset) -> dict[str, Any]:
+    """split.json: the splits, and what data.oversample makes of the train split."""
+    resampled = resampling_info(spec.data, data, spec.seed)
+    return data.split_info if resampled is None else {**data.split_info, "oversample": resampled}
 
 
 def start_run(spec: Spec, data: Dataset, runs_dir: Path) -> RunFolder:
@@ -510,6 +566,7 @@ def run_spec(
     """`hpsearch run`: validate everything, then train one model or search."""
     progress = progress or SilentProgress()
     spec = with_overrides(load_spec(spec_path), options)
+    spec = resolve_init_from(spec, options.runs_dir)
     try:
         with quiet_optuna():
             if options.resume is not None:

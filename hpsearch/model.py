@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -52,8 +55,22 @@ class HiddenBlock(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, n_inputs: int, n_outputs: int, spec: ModelSpec):
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        spec: ModelSpec,
+        input_scale: Sequence[float] | None = None,
+    ):
         super().__init__()
+        # attribute strengths (data.feature_weights): a fixed factor per input feature, kept
+        # with the weights so a saved model predicts as it was trained; absent when all are 1
+        if input_scale is not None:
+            self.register_buffer(
+                "input_scale", torch.as_tensor(np.asarray(input_scale, dtype=np.float32))
+            )
+        else:
+            self.input_scale: torch.Tensor | None = None
         widths = [n_inputs, *spec.widths]
         self.hidden = nn.Sequential(
             *(HiddenBlock(a, b, spec) for a, b in zip(widths[:-1], widths[1:], strict=True))
@@ -61,6 +78,8 @@ class MLP(nn.Module):
         self.output = nn.Linear(widths[-1], n_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale
         for block in self.hidden:
             x = block(x)
         return self.output(x)
@@ -89,8 +108,10 @@ def initialize(module: nn.Module, init: str, activation: str) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def build_mlp(spec: ModelSpec, n_inputs: int, n_outputs: int) -> MLP:
+def build_mlp(
+    spec: ModelSpec, n_inputs: int, n_outputs: int, input_scale: Sequence[float] | None = None
+) -> MLP:
     """The MLP for `spec`: hidden blocks, then a linear output (logits or a regression value)."""
-    model = MLP(n_inputs, n_outputs, spec)
+    model = MLP(n_inputs, n_outputs, spec, input_scale)
     initialize(model, spec.init, spec.activation)
     return model

@@ -25,8 +25,8 @@ import torch
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
 from hpsearch.metrics import prefixed, score_split, squared_error_spread
-from hpsearch.model import build_mlp
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
+from hpsearch.remedies import resampling_info
 from hpsearch.runs import (
     RunFolder,
     TrialFolder,
@@ -37,7 +37,15 @@ from hpsearch.runs import (
 )
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
-from hpsearch.train import Member, TrainHooks, TrainResult, resolve_device, train
+from hpsearch.train import (
+    Member,
+    TrainHooks,
+    TrainResult,
+    build_model,
+    resolve_device,
+    train,
+)
+from hpsearch.transfer import plan as transfer_plan
 
 # Told each epoch's record of trial `number` (and rescue events).
 TrialCallback = Callable[[int, dict[str, Any]], None]
@@ -165,12 +173,19 @@ def deferred_stop() -> Iterator[Callable[[], bool]]:
 # --- trials -----------------------------------------------------------------------------------
 
 
-def _begin(run: RunFolder, job: TrialJob, history: list[dict[str, Any]]) -> TrialOutcome:
-    """The trial's folder with its params and the epochs it resumes after; failed until it
+def _begin(
+    run: RunFolder, job: TrialJob, history: list[dict[str, Any]], trial_spec: Spec, data: Dataset
+) -> TrialOutcome:
+    """The trial's folder with its params (and where its weights and train rows come from,
+    with init_from and oversampling) and the epochs it resumes after; failed until it
     finishes."""
     folder = run.trial(job.number)
     folder.root.mkdir(parents=True, exist_ok=True)
-    record = {"number": job.number, "seed": job.seed, "params": job.params}
+    record: dict[str, Any] = {"number": job.number, "seed": job.seed, "params": job.params}
+    if trial_spec.model.init_from is not None:
+        record["init_from"] = transfer_plan(trial_spec, data)
+    if trial_spec.data.oversample is not None:
+        record["oversample"] = resampling_info(trial_spec.data, data, trial_spec.seed)
     if job.resume_from is not None:
         record["retry_of"] = job.resume_from
     if job.rerank_of is not None:
@@ -247,17 +262,17 @@ def run_stack(
     try:
         resumed = [resume_state(run, job) for job in jobs]
         states = [state for state, _ in resumed]
-        outcomes = [
-            _begin(run, job, state["history"] if state else [])
-            for job, state in zip(jobs, states, strict=True)
-        ]
-        for outcome, (state, source) in zip(outcomes, resumed, strict=True):
-            if state is not None:
-                outcome.resumed_from, outcome.resumed_epoch = source, state["epoch"]
         members = [
             Member(apply_params(spec, job.params), job.seed, state)
             for job, state in zip(jobs, states, strict=True)
         ]
+        outcomes = [
+            _begin(run, job, state["history"] if state else [], member.spec, data)
+            for job, state, member in zip(jobs, states, members, strict=True)
+        ]
+        for outcome, (state, source) in zip(outcomes, resumed, strict=True):
+            if state is not None:
+                outcome.resumed_from, outcome.resumed_epoch = source, state["epoch"]
         numbers = [job.number for job in jobs]
 
         def heard(k: int, record: dict[str, Any]) -> None:
@@ -403,7 +418,7 @@ def evaluate_best(
     spread of the per-example errors that the diagnosis' intervals need."""
     trial_spec = apply_params(spec, outcome.params)
     device = resolve_device(spec.device)
-    model = build_mlp(trial_spec.model, data.n_features, data.n_outputs).to(device)
+    model = build_model(trial_spec, data).to(device)
     weights = run.trial(outcome.number).model
     try:
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))

@@ -37,12 +37,18 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def rank_trials(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Complete trials with a value, best first in the objective's direction (ties: earliest)."""
+    """Complete trials with a value, best first in the objective's direction; ties go to the
+    lower dev loss, then to the earliest (as `summary.ranked_outcomes` ranks them)."""
     sign = -1.0 if summary["objective"]["direction"] == "maximize" else 1.0
     scored = [
         t for t in summary["trials"] if t["state"] == "complete" and t.get("value") is not None
     ]
-    return sorted(scored, key=lambda t: (sign * t["value"], t["number"]))
+
+    def rank(t: dict[str, Any]) -> tuple[float, float, int]:
+        dev_loss = (t.get("metrics") or {}).get("dev_loss")
+        return (sign * t["value"], math.inf if dev_loss is None else dev_loss, t["number"])
+
+    return sorted(scored, key=rank)
 
 
 def choices_of(param: ParamSpec) -> list[Any]:

@@ -8,6 +8,7 @@ warnings), built once below, so the formats cannot drift apart.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import re
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from hpsearch.plots import format_value, range_position, rank_trials, short_numb
 from hpsearch.runs import RunFolder, latest_run, list_runs, owner_of, read_json, write_text
 from hpsearch.space import apply_params
 from hpsearch.spec import ParamSpec, Spec, load_spec
+from hpsearch.transfer import describe
 
 EDGE = 0.05  # a best value in the outer 5% of its range (log axis for log ranges) is on the edge
 LEARNING_CURVES = 5  # more curves than this on one plot cannot be told apart
@@ -56,6 +58,7 @@ class Report:
     dev_interval: tuple[float, float] | None  # 95% interval of the best trial's dev error
     diagnosis: Diagnosis | None
     warnings: list[str]
+    improve: dict[str, Any] | None = None  # the `hpsearch improve` chain up to this run
 
     @property
     def metric(self) -> str:
@@ -169,6 +172,7 @@ def load_report(run: RunFolder, top: int = 10) -> Report:
         dev_interval=interval,
         diagnosis=diagnosis_of(summary),
         warnings=collect_warnings(summary, spec, ranked, interval, dev_size),
+        improve=_read_json(run.improve) or None if run.improve.is_file() else None,
     )
 
 
@@ -331,7 +335,39 @@ def header_rows(report: Report) -> list[tuple[str, str]]:
         ("objective", f"{report.direction} {report.metric}"),
         ("wall time", _duration(report.wall_seconds)),
         ("device", report.device or "—"),
+        *remedy_rows(report),
     ]
+
+
+def remedy_rows(report: Report) -> list[tuple[str, str]]:
+    """Where the best trial's starting weights came from, and what it did to its data."""
+    best = report.summary.get("best") or {}
+    number = best.get("trial")
+    spec = report.spec
+    recorded: dict[str, Any] = {}
+    with contextlib.suppress(InputError, OSError, ValueError, TypeError, AttributeError):
+        spec = apply_params(report.spec, best.get("params") or {})
+        if isinstance(number, int) and report.run.trial(number).params.is_file():
+            recorded = read_json(report.run.trial(number).params) or {}
+    rows = []
+    source = describe(recorded.get("init_from"))
+    if source is None and spec.model.init_from:
+        source = spec.model.init_from
+    if source:
+        rows.append(("weights from", source))
+    data = spec.data
+    remedies = [f"{column} x{value:.3g}" for column, value in data.feature_weights.items()]
+    if data.augment is not None and data.augment.noise > 0:
+        remedies.append(f"input noise {data.augment.noise:.3g}")
+    if data.oversample is not None:
+        sampled = recorded.get("oversample") or {}
+        rows_text = (
+            f" ({sampled['rows_before']} -> {sampled['rows_after']} train rows)" if sampled else ""
+        )
+        remedies.append(f"{data.oversample.method} oversampling{rows_text}")
+    if remedies:
+        rows.append(("data remedies", "; ".join(remedies)))
+    return rows
 
 
 def trial_counts(report: Report) -> str:
@@ -531,6 +567,46 @@ def mismatch_lines(report: Report) -> list[str]:
     return lines
 
 
+IMPROVE_HEAD = ["round", "verdict", "change", "dev error"]
+
+
+def improve_rows(report: Report) -> list[list[str]]:
+    """The improve chain: each round, the verdict that led to it, what changed, its dev error."""
+    from hpsearch.improve import dev_text
+
+    rounds = (report.improve or {}).get("rounds") or []
+    rows = []
+    for r in rounds:
+        changes = "; ".join(
+            f"{c['path']}: {format_value(c.get('old'))} → {format_value(c.get('new'))}"
+            for c in r.get("changes") or []
+        )
+        mark = " (this run)" if r.get("run") == report.run.name else ""
+        because = r.get("because") or f"start: {r.get('verdict') or r.get('run', '')}"
+        rows.append([f"{r.get('round')}{mark}", because, changes or "—", dev_text(r)])
+    return rows
+
+
+def improve_chain_lines(report: Report) -> list[str]:
+    """The chain as lines, for a terminal of any width: one round a line."""
+    return [
+        f"round {number}: {because}"
+        + (f" — {change}" if change != "—" else "")
+        + f" — dev error {dev}"
+        for number, because, change, dev in improve_rows(report)
+    ] + improve_lines(report)
+
+
+def improve_lines(report: Report) -> list[str]:
+    chain = report.improve or {}
+    lines = []
+    if chain.get("stop"):
+        lines.append(f"stopped: {chain['stop']}")
+    if chain.get("result"):
+        lines.append(f"result: {chain['result']}")
+    return lines
+
+
 # --- console ----------------------------------------------------------------------------------
 
 
@@ -557,6 +633,9 @@ def render_console(report: Report, console: Console) -> None:
     if recommendations(report):
         console.rule("what to try next")
         _print_lines(console, [f"- {r}" for r in recommendations(report)])
+    if improve_rows(report):
+        console.rule("improve chain")
+        _print_lines(console, improve_chain_lines(report))
     if report.warnings:
         console.rule("warnings", style="yellow")
         for warning in report.warnings:
@@ -624,6 +703,9 @@ def render_markdown(report: Report) -> str:
         out += ["", *(f"- {_md(x)}" for x in mismatch_lines(report))]
     if recommendations(report):
         out += ["", "## What to try next", "", *(f"- {_md(r)}" for r in recommendations(report))]
+    if improve_rows(report):
+        out += ["", "## Improve chain", "", *_md_table(IMPROVE_HEAD, improve_rows(report))]
+        out += ["", *(f"- {_md(x)}" for x in improve_lines(report))]
     if report.warnings:
         out += ["", "## Warnings", "", *(f"- ⚠️ {_md(w)}" for w in report.warnings)]
     return "\n".join(out) + "\n"
@@ -698,6 +780,9 @@ def render_html(report: Report, images: dict[str, Path]) -> str:
         ]
     if recommendations(report):
         parts += ["<h2>What to try next</h2>", _html_list(recommendations(report))]
+    if improve_rows(report):
+        parts += ["<h2>Improve chain</h2>", _html_table(IMPROVE_HEAD, improve_rows(report))]
+        parts += [_html_list(improve_lines(report))]
     if report.warnings:
         parts += ["<h2>Warnings</h2>"]
         parts += [f"<p class='warn'>⚠ {esc(w)}</p>" for w in report.warnings]

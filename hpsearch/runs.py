@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import platform
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,16 @@ class RunFolder:
     def rounds(self) -> Path:
         """Each search round's space and trial target (a copy of the study's record)."""
         return self.root / "rounds.json"
+
+    @property
+    def improve_spec(self) -> Path:
+        """The commented spec `hpsearch improve` wrote for this run (one round of a chain)."""
+        return self.root / "improve-spec.yaml"
+
+    @property
+    def improve(self) -> Path:
+        """The `hpsearch improve` chain up to this run: rounds, changes, dev errors."""
+        return self.root / "improve.json"
 
     @property
     def report_dir(self) -> Path:
@@ -176,18 +187,29 @@ def latest_run(runs_dir: Path) -> RunFolder | None:
     return runs[-1] if runs else None
 
 
-def find_run(runs_dir: Path, resume: str) -> RunFolder:
-    """`--resume RUN|latest`: a run folder by path, by name under `runs_dir`, or the newest."""
-    if resume == "latest":
+def find_run(
+    runs_dir: Path, named: str, key: str = "--resume", by_spec_name: bool = False
+) -> RunFolder:
+    """`RUN|latest` (for `key`): a run folder by path, by name under `runs_dir`, or the newest;
+    `by_spec_name` also takes a spec's name for its newest finished run."""
+    if named == "latest":
         run = latest_run(runs_dir)
         if run is None:
-            raise InputError(f"--resume latest: no run folder under {runs_dir}")
+            raise InputError(f"{key} latest: no run folder under {runs_dir}")
         return run
-    path = Path(resume)
-    for candidate in (path, runs_dir / resume):
+    for candidate in (Path(named), runs_dir / named):
         if candidate.is_dir() and is_run(RunFolder(candidate)):
             return RunFolder(candidate)
-    raise InputError(f"--resume: no run folder '{resume}' (looked in {runs_dir})")
+    if by_spec_name:  # run folders are NAME-YYYYmmdd-HHMMSS[-k]
+        stamped = re.compile(rf"^{re.escape(named)}-\d{{8}}-\d{{6}}(-\d+)?$")
+        finished = [r for r in list_runs(runs_dir) if stamped.match(r.name) and r.summary.is_file()]
+        if finished:
+            return finished[-1]
+        raise InputError(
+            f"{key}: no run folder '{named}' and no finished run of a spec named '{named}' "
+            f"(looked in {runs_dir})"
+        )
+    raise InputError(f"{key}: no run folder '{named}' (looked in {runs_dir})")
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -41,6 +41,14 @@ _EXCLUSIVE = {
 }
 # Paths a search must not change: they define the data and the run, not a trial.
 _FIXED_SECTIONS = ("name", "seed", "device", "data", "objective", "search", "storage")
+# ...except the data remedies, applied per trial to the loaded data (hpsearch.remedies)
+_SEARCHABLE_DATA = ("data.feature_weights.", "data.augment", "data.oversample")
+
+
+def _fixed(path: str) -> bool:
+    if path == "model.init_from":  # resolved to one weights file when the run starts
+        return True
+    return path.split(".")[0] in _FIXED_SECTIONS and not path.startswith(_SEARCHABLE_DATA)
 
 
 @dataclass(frozen=True)
@@ -103,7 +111,7 @@ def decode(value: Any) -> Any:
 def _kind(path: str, param: ParamSpec) -> str:
     types = field_types(path)
     where = f"search.space[{path}]"
-    if types is None or path.split(".")[0] in _FIXED_SECTIONS:
+    if types is None or _fixed(path):
         close = closest_path(path, searchable_paths())
         hint = f"did you mean {close}?" if close else "e.g. train.lr, model.hidden"
         raise InputError(f"{where}: '{path}' is not a searchable spec field; {hint}")
@@ -142,7 +150,7 @@ def parse_space(spec: Spec) -> list[Param]:
 
 def searchable_paths() -> list[str]:
     """The dotted spec fields a search space may name."""
-    return [p for p in field_paths(Spec) if "." in p and p.split(".")[0] not in _FIXED_SECTIONS]
+    return [p for p in field_paths(Spec) if "." in p and not _fixed(p)]
 
 
 def _parse_param(spec: Spec, path: str, param_spec: ParamSpec) -> Param:

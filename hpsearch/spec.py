@@ -112,6 +112,55 @@ class GroupWeights(Strict):
     group: dict[str, PositiveFloat]
 
 
+def _string_keys(value: Any) -> Any:
+    """YAML reads a class or column named 0 as the number 0; names are strings here."""
+    if isinstance(value, dict):
+        return {str(key) if isinstance(key, int | float) else key: v for key, v in value.items()}
+    return value
+
+
+StrengthFactor = Annotated[float, Field(ge=0, le=1e6)]
+
+
+class AugmentSpec(Strict):
+    """Augmentation of the train split's batches (never dev or test)."""
+
+    # Gaussian noise added to numeric inputs, in units of each feature's train standard
+    # deviation (standardized units under normalize: standard); one-hot indicators stay exact
+    noise: float = Field(0.0, ge=0, le=100)
+
+
+OVERSAMPLE_KEYS = ("method", "classes", "k_neighbors")
+
+
+class OversampleSpec(Strict):
+    """Rebalancing of the train split by oversampling (classification only).
+
+    `classes: minority` raises every class to the size of the largest one; `{CLASS: f}`
+    multiplies that class's train rows by f (>= 1; 1.5 adds half as many again). `random`
+    repeats randomly chosen rows; `smote` interpolates new rows between a row and one of its
+    `k_neighbors` nearest neighbours of the same class (imbalanced-learn's SMOTE)."""
+
+    method: Literal["random", "smote"] = "random"
+    classes: Literal["minority"] | dict[str, Annotated[float, Field(ge=1, le=1000)]] = "minority"
+    k_neighbors: int = Field(5, ge=1, le=1000, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `oversample: minority` and `oversample: {CLASS: factor}` are the short forms
+        if isinstance(value, str):
+            return {"classes": value}
+        if isinstance(value, dict) and value and not set(map(str, value)) & set(OVERSAMPLE_KEYS):
+            return {"classes": value}
+        return value
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_names(cls, value: Any) -> Any:
+        return _string_keys(value)
+
+
 class DataSpec(Strict):
     source: str
     target: str | None = None
@@ -123,6 +172,14 @@ class DataSpec(Strict):
     group: str | None = None
     weights: Literal["balanced"] | ColumnWeights | GroupWeights | None = None
     synthetic: SyntheticOptions = SyntheticOptions()
+    feature_weights: dict[str, StrengthFactor] = {}
+    augment: AugmentSpec | None = None
+    oversample: OversampleSpec | None = None
+
+    @field_validator("feature_weights", mode="before")
+    @classmethod
+    def _column_names(cls, value: Any) -> Any:
+        return _string_keys(value)
 
     @field_validator("source")
     @classmethod
@@ -170,6 +227,9 @@ class ModelSpec(Strict):
     ] = "xavier_uniform"
     norm: Literal["none", "batch", "layer"] = "none"
     residual: bool = False
+    # RUN | RUN/trials/N | latest | file.pt: start from an earlier model's matching layers
+    init_from: str | None = Field(None, min_length=1)
+    freeze: Count = 0  # the first K hidden layers keep their starting weights
 
     @model_validator(mode="after")
     def _one_way_to_size(self) -> ModelSpec:
@@ -177,6 +237,10 @@ class ModelSpec(Strict):
             raise ValueError("give either hidden: [..] or layers + units, not both")
         if (self.layers is None) != (self.units is None):
             raise ValueError("layers and units go together")
+        if self.freeze > len(self.widths):
+            raise ValueError(
+                f"freeze: {self.freeze} hidden layers, but the model has {len(self.widths)}"
+            )
         return self
 
     @property
@@ -713,6 +777,10 @@ def load_spec(path: str | Path) -> Spec:
         if isinstance(data_source, str) and not data_source.startswith(DATASET_PREFIXES):
             # absolute, not resolved: a symlink loop is the loader's to report, by name
             raw["data"]["source"] = os.path.abspath(path.parent / data_source)
+        model = raw.get("model")
+        named = model.get("init_from") if isinstance(model, dict) else None
+        if isinstance(named, str) and named.endswith(".pt"):  # a file, like the data's
+            raw["model"]["init_from"] = os.path.abspath(path.parent / named)
     spec = spec_from_dict(raw, source, lines)
     spec._source, spec._lines = source, lines
     return spec

@@ -57,12 +57,32 @@ def shape_key(spec: Spec) -> tuple[Any, ...]:
         train.loss,
         train.optimizer,
         spec.device,
+        model.freeze,
+        # members fit on one train split, so they oversample it alike
+        None if spec.data.oversample is None else spec.data.oversample.model_dump_json(),
     )
 
 
 def dropout_seed(seed: int) -> int:
     """The seed of a member's dropout generator, derived from its trial seed alone."""
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
+def noise_seed(seed: int) -> int:
+    """The seed of a member's input-noise generator (data.augment), from its trial seed alone."""
+    return int(np.random.SeedSequence([seed, 3]).generate_state(1)[0])
+
+
+def _per_member(
+    values: Sequence[np.ndarray | None], fill: float, device: torch.device
+) -> torch.Tensor | None:
+    """Per-member feature vectors as [K, 1, features]; None when no member has one."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    width = len(present[0])
+    rows = [np.full(width, fill, np.float32) if v is None else v for v in values]
+    return torch.as_tensor(np.stack(rows), device=device)[:, None, :]
 
 
 # --- the batched model ------------------------------------------------------------------------
@@ -83,8 +103,11 @@ class StackedMLP:
         spec: Spec,
         dropouts: Sequence[float],
         seeds: Sequence[int],
+        input_scales: Sequence[np.ndarray | None] = (),
+        noise_stds: Sequence[np.ndarray | None] = (),
     ):
         model_spec = spec.model
+        self.frozen = model_spec.freeze  # the first hidden layers, kept as they start
         self.norm = model_spec.norm
         self.activation = ACTIVATIONS[model_spec.activation]()
         blocks = [list(m.hidden) for m in models]
@@ -130,6 +153,17 @@ class StackedMLP:
         ]
         self.batches_tracked = [0] * count
         self.training = True
+        # attribute strengths scale every input; noise is added to train batches only
+        self.input_scale = _per_member(input_scales, 1.0, device)
+        self.noise_std = _per_member(noise_stds, 0.0, device)
+        self.noise_generators = [
+            torch.Generator(device=device).manual_seed(noise_seed(seed)) for seed in seeds
+        ]
+        frozen = [f"{kind}{i}" for i in range(self.frozen) for kind in "wbgs"]
+        names = list(self.shapes)
+        prefix = names[: len([n for n in names if n in frozen])]
+        assert all(n in frozen for n in prefix)  # frozen layers lead `flat`, in layer order
+        self.frozen_size = sum(self.sizes[: len(prefix)])  # columns of `flat` never updated
 
     def views(self) -> dict[str, torch.Tensor]:
         """The named tensors as views of `flat` (gradients flow back into it)."""
@@ -145,8 +179,9 @@ class StackedMLP:
         return self.flat.shape[0]
 
     def weight_names(self) -> list[str]:
-        """The linear layers' weights: the ones L1/L2 penalize (not biases or norm scales)."""
-        return [f"w{i}" for i in range(self.hidden + 1)]
+        """The trained linear layers' weights: the ones L1/L2 penalize (not biases, norm
+        scales or frozen layers)."""
+        return [f"w{i}" for i in range(self.frozen, self.hidden + 1)]
 
     def eval(self) -> StackedMLP:
         self.training = False
@@ -160,6 +195,10 @@ class StackedMLP:
         """[n, in] (shared by every member) -> [K, n, outputs]."""
         self.params = self.views()
         h = x
+        if self.training and self.noise_std is not None:
+            h = x + self._noise(x)  # [K, n, in]
+        if self.input_scale is not None:
+            h = h * self.input_scale
         for i in range(self.hidden):
             z = self._linear(i, h)
             z = self.activation(self._normalize(i, z))
@@ -180,6 +219,18 @@ class StackedMLP:
                 masks.append(torch.ones(shape, device=z.device, dtype=z.dtype))
         return masks[0][None] if len(masks) == 1 else torch.stack(masks)
 
+    def _noise(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian input noise [K, n, in], each member's own draw and scale."""
+        assert self.noise_std is not None
+        draws = []
+        for k, generator in enumerate(self.noise_generators):
+            if bool((self.noise_std[k] > 0).any()):
+                draw = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                draws.append(draw * self.noise_std[k])
+            else:
+                draws.append(torch.zeros_like(x))
+        return torch.stack(draws)
+
     def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
         weight, bias = self.params[f"w{i}"], self.params[f"b{i}"]
         if h.dim() == 2:  # the input, shared by every member
@@ -191,14 +242,14 @@ class StackedMLP:
             return z
         if self.norm == "layer":
             z = F.layer_norm(z, z.shape[-1:], eps=_EPS_NORM)
-        elif self.training:
+        elif self.training and i >= self.frozen:  # a frozen layer keeps its statistics too
             mean = z.mean(1, keepdim=True)
             var = z.var(1, keepdim=True, unbiased=False)
             n = z.shape[1]
             with torch.no_grad():
                 self.running[f"mean{i}"].lerp_(mean, _BN_MOMENTUM)
                 self.running[f"var{i}"].lerp_(var * n / max(n - 1, 1), _BN_MOMENTUM)
-            if i == 0:
+            if i == self.frozen:
                 self.batches_tracked = [t + 1 for t in self.batches_tracked]
             z = (z - mean) / torch.sqrt(var + _EPS_NORM)
         else:
@@ -236,6 +287,9 @@ class StackedMLP:
         out = self.hidden
         state["output.weight"] = params[f"w{out}"].T.clone()
         state["output.bias"] = params[f"b{out}"][0].clone()
+        scale = snapshot.get("scale")
+        if scale is not None and not bool((scale == 1).all()):  # see model.MLP.input_scale
+            state["input_scale"] = scale.clone()
         return state
 
     def member_snapshot(self, k: int) -> dict[str, Any]:
@@ -244,6 +298,7 @@ class StackedMLP:
             "flat": self.flat[k].detach().clone(),
             "running": {name: t[k].clone() for name, t in self.running.items()},
             "tracked": self.batches_tracked[k],
+            "scale": None if self.input_scale is None else self.input_scale[k, 0].clone(),
         }
 
     @torch.no_grad()
@@ -253,11 +308,18 @@ class StackedMLP:
             tensor[k].copy_(snapshot["running"][name])
         self.batches_tracked[k] = int(snapshot["tracked"])
 
-    def generator_state(self, k: int) -> torch.Tensor:
-        return self.generators[k].get_state()
+    def generator_state(self, k: int) -> dict[str, torch.Tensor]:
+        return {
+            "dropout": self.generators[k].get_state(),
+            "noise": self.noise_generators[k].get_state(),
+        }
 
-    def set_generator_state(self, k: int, state: torch.Tensor) -> None:
-        self.generators[k].set_state(state)
+    def set_generator_state(self, k: int, state: torch.Tensor | dict[str, torch.Tensor]) -> None:
+        if isinstance(state, torch.Tensor):  # a checkpoint from before input noise
+            state = {"dropout": state}
+        self.generators[k].set_state(state["dropout"])
+        if "noise" in state:
+            self.noise_generators[k].set_state(state["noise"])
 
     def keep(self, index: list[int]) -> None:
         """Keep only the members at `index` (the others have finished)."""
@@ -270,6 +332,11 @@ class StackedMLP:
         self.drop = [self.drop[k] for k in index]
         self.dropout = any(p > 0 for p in self.drop)
         self.generators = [self.generators[k] for k in index]
+        self.noise_generators = [self.noise_generators[k] for k in index]
+        if self.input_scale is not None:
+            self.input_scale = self.input_scale[rows]
+        if self.noise_std is not None:
+            self.noise_std = self.noise_std[rows]
         self.batches_tracked = [self.batches_tracked[k] for k in index]
 
 
@@ -299,21 +366,30 @@ class StackedOptimizer:
     value is the gradient; Adam's bias correction counts each member's own steps)."""
 
     def __init__(
-        self, kind: str, flat: torch.Tensor, momentum: torch.Tensor, weight_decay: torch.Tensor
+        self,
+        kind: str,
+        flat: torch.Tensor,
+        momentum: torch.Tensor,
+        weight_decay: torch.Tensor,
+        frozen: int = 0,
     ):
         if kind not in _MOMENTS:
             raise ValueError(f"unknown optimizer {kind!r}")
         self.kind = kind
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.state = {name: torch.zeros_like(flat.detach()) for name in _MOMENTS[kind]}
+        # the first `frozen` columns of `flat` (model.freeze) get no update, no decay, no moments
+        self.frozen = frozen
+        trained = flat.detach()[:, frozen:]
+        self.state = {name: torch.zeros_like(trained) for name in _MOMENTS[kind]}
         self.steps = torch.zeros(flat.shape[0], 1, dtype=torch.float64, device=flat.device)
 
     @torch.no_grad()
     def step(self, param: torch.Tensor, lr: torch.Tensor) -> None:
         if param.grad is not None:
             self.steps += 1
-            param.sub_(self._update(param, param.grad, lr))
+            trained = param[:, self.frozen :]
+            trained.sub_(self._update(trained, param.grad[:, self.frozen :], lr))
 
     def _update(self, param: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         kind, state = self.kind, self.state
@@ -365,10 +441,12 @@ class StackedOptimizer:
         self.steps = self.steps[rows]
 
 
-def clip_gradients(flat: torch.Tensor, clip: torch.Tensor) -> None:
-    """Per-member gradient-norm clipping, as clip_grad_norm_ does for one model."""
-    norms = flat.grad.norm(dim=1, keepdim=True)
-    flat.grad.mul_((clip / (norms + 1e-6)).clamp(max=1.0))
+def clip_gradients(flat: torch.Tensor, clip: torch.Tensor, frozen: int = 0) -> None:
+    """Per-member gradient-norm clipping, as clip_grad_norm_ does for one model's trained
+    parameters (frozen layers, the first `frozen` columns, have no gradient there)."""
+    grad = flat.grad[:, frozen:]
+    norms = grad.norm(dim=1, keepdim=True)
+    grad.mul_((clip / (norms + 1e-6)).clamp(max=1.0))
 
 
 def penalties(stack: StackedMLP, l1: torch.Tensor, l2: torch.Tensor, m: int) -> torch.Tensor:

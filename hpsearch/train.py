@@ -34,7 +34,8 @@ from hpsearch.metrics import (
     resolve_loss,
     split_metrics,
 )
-from hpsearch.model import build_mlp
+from hpsearch.model import MLP, build_mlp
+from hpsearch.remedies import input_scale, noise_std, oversampled
 from hpsearch.spec import Spec
 from hpsearch.stacked import (
     StackedMLP,
@@ -44,6 +45,7 @@ from hpsearch.stacked import (
     penalties,
     shape_key,
 )
+from hpsearch.transfer import load_matching
 
 CHECKPOINT_FORMAT = 1  # the layout of a member's state (see `train` and TrainHooks.checkpoint)
 
@@ -61,6 +63,11 @@ class TrainResult:
 
 
 # --- pure helpers -----------------------------------------------------------------------------
+
+
+def build_model(spec: Spec, data: Dataset) -> MLP:
+    """A trial's model, as its weights file is loaded into (with its attribute strengths)."""
+    return build_mlp(spec.model, data.n_features, data.n_outputs, input_scale(spec.data, data))
 
 
 def resolve_device(device: str) -> torch.device:
@@ -258,9 +265,16 @@ def train(
     models = []
     for member in members:
         torch.manual_seed(member.seed)  # a trial's initial weights come from its seed alone
-        models.append(build_mlp(member.spec.model, data.n_features, data.n_outputs).to(device))
+        model = build_model(member.spec, data)
+        load_matching(model, member.spec, data)  # model.init_from: an earlier model's layers
+        models.append(model.to(device))
     stack = StackedMLP(
-        models, first, [m.spec.model.dropout for m in members], [m.seed for m in members]
+        models,
+        first,
+        [m.spec.model.dropout for m in members],
+        [m.seed for m in members],
+        [input_scale(m.spec.data, data) for m in members],
+        [noise_std(m.spec.data, data) for m in members],
     )
     adamw = first.train.optimizer == "adamw"  # adamw decays weights itself: no L2 term
     optimizer = StackedOptimizer(
@@ -268,6 +282,7 @@ def train(
         stack.flat,
         column([m.spec.train.momentum for m in members], device),
         column([m.spec.train.l2 if adamw else 0.0 for m in members], device),
+        stack.frozen_size,
     )
     trainees = []
     for k, (member, model) in enumerate(zip(members, models, strict=True)):
@@ -289,6 +304,8 @@ def train(
     clip = _column_of(trainees, lambda s: s.train.grad_clip or math.inf, device)
     clipping = bool(torch.isfinite(clip).any())
     train_split = on_device(data.splits["train"], device)
+    # data.oversample: fitted on the rebalanced train split, judged on the train split itself
+    fit_split = on_device(oversampled(first.data, data, first.seed), device)
     dev_split = on_device(data.splits["dev"], device)
     active = list(range(len(members)))  # members still training, in stack order
     epochs = first.train.epochs
@@ -312,7 +329,7 @@ def train(
         lr = column(lrs, device)
         stack.train()
         batches = epoch_batches(
-            len(train_split),
+            len(fit_split),
             first.train.batch_size,
             first.seed,
             epoch,
@@ -324,18 +341,18 @@ def train(
             [resumed_costs[k] if skip else 0.0 for k in active], device=device
         )  # non-finite once a cost is; read once per epoch
         for batch, index in enumerate(batches[skip:], start=skip):
-            outputs = stack(train_split.X[index])  # [K, b, outputs]
+            outputs = stack(fit_split.X[index])  # [K, b, outputs]
             count, rows = outputs.shape[0], outputs.shape[1]
             losses = example_losses(
                 loss_name,
                 outputs.reshape(count * rows, -1),
-                train_split.y[index].repeat(count),
+                fit_split.y[index].repeat(count),
                 data.task,
             ).view(count, rows)
-            if train_split.weight is None:
+            if fit_split.weight is None:
                 costs = losses.mean(1)
             else:
-                weight = train_split.weight[index]
+                weight = fit_split.weight[index]
                 costs = (losses * weight).sum(1) / weight.sum()
             if penalize:
                 costs = costs + penalties(stack, l1, l2, rows)
@@ -344,7 +361,7 @@ def train(
             stack.flat.grad = None
             costs.sum().backward()
             if clipping:
-                clip_gradients(stack.flat, clip)
+                clip_gradients(stack.flat, clip, stack.frozen_size)
             optimizer.step(stack.flat, lr)
             stopping_now = hooks.stop_requested is not None and hooks.stop_requested()
             if hooks.checkpoint is not None and (

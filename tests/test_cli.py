@@ -197,12 +197,24 @@ def test_diagnose_bad_number_exits_2():
 
 
 def test_example_configs_validate(tmp_path):
+    shutil.copytree(CONFIGS / "data", tmp_path / "data", dirs_exist_ok=True)
+    runs = tmp_path / "runs"
+    # the transfer example starts from the model of its first step
+    shutil.copy(CONFIGS / "transfer-source.yaml", tmp_path / "source.yaml")
+    assert invoke("run", tmp_path / "source.yaml", "--runs-dir", runs, "-q").exit_code == 0
     for path in sorted(CONFIGS.glob("*.yaml")):
         copy = tmp_path / path.name
         shutil.copy(path, copy)
-        shutil.copytree(CONFIGS / "data", tmp_path / "data", dirs_exist_ok=True)
-        result = invoke("validate", copy)
+        result = invoke("validate", copy, "--runs-dir", runs)
         assert result.exit_code == 0, f"{path.name}: {result.output}"
+
+
+def test_validate_names_a_missing_transfer_source(tmp_path):
+    shutil.copytree(CONFIGS / "data", tmp_path / "data")
+    shutil.copy(CONFIGS / "transfer-finetune.yaml", tmp_path / "finetune.yaml")
+    result = invoke("validate", tmp_path / "finetune.yaml", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert "model.init_from: no run folder 'digits-thin'" in result.output
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,12 @@ keys = st.sampled_from(
         "device",
         "split",
         "weights",
+        "feature_weights",
+        "augment",
+        "noise",
+        "oversample",
+        "init_from",
+        "freeze",
         "x",
     ]
 )
