@@ -5,20 +5,27 @@ real noisy training). A search is scored by the *true* loss (mean of the 4 seeds
 configuration it finally picks (its best observed value), divided by the table's optimum, so
 1.0 is perfect. Reported: the median over seeds at 50, 100 and 200 evaluations.
 
+`--encoding index` (the default) writes each ordinal setting as an integer range of indices
+into its values; `--encoding choices` writes it as a user would, `{choices: [16, 32, ...]}`,
+and leaves its order for hpsearch to find (`hpsearch.space.Param.ordered`).
+
     pip install -e ".[bench]"
-    python benchmarks/search_quality.py [--seeds 10] [--datasets naval_propulsion ...]
+    python benchmarks/search_quality.py [--seeds 10] [--first-seed 0] [--encoding choices]
+        [--datasets naval_propulsion ...] [--strategies "hpsearch evolution" "optuna tpe"]
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,25 +37,38 @@ import hpsearch
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 BUDGETS = (50, 100, 200)
+# the settings were chosen on the first two; the other two are for checking them
+DATASETS = (
+    "naval_propulsion",
+    "parkinsons_telemonitoring",
+    "protein_structure",
+    "slice_localization",
+)
 ORDINAL = ("batch_size", "dropout_1", "dropout_2", "init_lr", "n_units_1", "n_units_2")
 
 
 class Table:
     """One FCNet data set: noisy look-ups for the search, true losses for the score."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, encoding: str = "index"):
         self.bench = HPOLib(name)
+        self.encoding = encoding
         self.choices = HPOLib.search_space
         losses = self.bench._dataset  # noqa: SLF001 - the recorded table itself
         self.true = {key: float(np.mean(v["val_loss"])) for key, v in losses.items()}
         self.optimum = min(self.true.values())
 
     def config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """hpsearch/Optuna params (ordinal settings as indices) -> the benchmark's config."""
+        """hpsearch/Optuna params (ordinal settings as indices, or as values) -> the
+        benchmark's config."""
         return {
-            name: choices[params[name]] if name in ORDINAL else params[name]
+            name: choices[params[name]] if self.indexed(name) else params[name]
             for name, choices in self.choices.items()
         }
+
+    def indexed(self, name: str) -> bool:
+        """Whether the search sees this setting as an integer range of indices."""
+        return name in ORDINAL and self.encoding == "index"
 
     def key(self, config: dict[str, Any]) -> str:
         return "".join(str(self.choices[n].index(config[n])) for n in self.choices)
@@ -62,11 +82,12 @@ class Table:
 
 def space(table: Table, steps: bool = False) -> dict[str, dict[str, Any]]:
     """Ordinal settings as integer index ranges (so a sampler can use their order; the listed
-    values grow roughly geometrically, so an index is already a log axis); categorical ones as
-    choices. The Optuna baselines search the same space."""
+    values grow roughly geometrically, so an index is already a log axis), or with `--encoding
+    choices` as choices lists; categorical ones as choices. The Optuna baselines search the
+    same space."""
     out: dict[str, dict[str, Any]] = {}
     for name, choices in table.choices.items():
-        if name in ORDINAL:
+        if table.indexed(name):
             out[name] = {"low": 0, "high": len(choices) - 1}
             if steps:
                 out[name]["steps"] = 2
@@ -85,7 +106,7 @@ def optuna_search(sampler: optuna.samplers.BaseSampler, table: Table, budget: in
     distributions = {
         name: (
             optuna.distributions.IntDistribution(0, len(choices) - 1)
-            if name in ORDINAL
+            if table.indexed(name)
             else optuna.distributions.CategoricalDistribution(list(choices))
         )
         for name, choices in table.choices.items()
@@ -146,12 +167,17 @@ STRATEGIES: dict[str, tuple[Callable[[Table, int, int], list], bool]] = {
 }
 
 
-def run(dataset: str, seeds: int) -> dict[str, dict[int, float]]:
-    table = Table(dataset)
-    medians: dict[str, dict[int, float]] = {}
+def run(
+    dataset: str, seeds: range, encoding: str = "index", names: list[str] | None = None
+) -> dict[str, dict[int, list[float]]]:
+    """Each strategy's score per seed (in `seeds` order) at each budget."""
+    table = Table(dataset, encoding)
+    results: dict[str, dict[int, list[float]]] = {}
     for name, (search, prefixes) in STRATEGIES.items():
+        if names and name not in names:
+            continue
         scores: dict[int, list[float]] = {b: [] for b in BUDGETS}
-        for seed in range(seeds):
+        for seed in seeds:
             table.bench.reseed(seed)
             pairs = search(table, max(BUDGETS), seed) if prefixes else None
             for budget in BUDGETS:
@@ -159,8 +185,15 @@ def run(dataset: str, seeds: int) -> dict[str, dict[int, float]]:
                     table.bench.reseed(seed)
                     pairs = search(table, budget, seed)
                 scores[budget].append(score_of(pairs[:budget], table))
-        medians[name] = {b: statistics.median(v) for b, v in scores.items()}
-    return medians
+        results[name] = scores
+    return results
+
+
+def wins(ours: list[float], theirs: list[float]) -> str:
+    """On how many seeds `ours` ended below `theirs`, ties left out."""
+    below = sum(a < b for a, b in zip(ours, theirs, strict=True))
+    untied = sum(a != b for a, b in zip(ours, theirs, strict=True))
+    return f"{below} of {untied}"
 
 
 def main() -> None:
@@ -169,22 +202,48 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument(
-        "--datasets", nargs="+", default=["naval_propulsion", "parkinsons_telemonitoring"]
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
     )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["naval_propulsion", "parkinsons_telemonitoring"],
+        choices=sorted(DATASETS),
+    )
+    parser.add_argument("--encoding", choices=("index", "choices"), default="index")
+    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=None)
+    parser.add_argument("--scores", help="also write every seed's score to this JSON file")
     args = parser.parse_args()
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     started = time.perf_counter()
     print(
         f"# search quality, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores"
     )
-    print(f"median true loss / optimum over {args.seeds} seeds (1.0 = the table's best)\n")
+    print(
+        f"median true loss / optimum over seeds {seeds.start}-{seeds.stop - 1} "
+        f"(1.0 = the table's best); ordinal settings as {args.encoding}\n"
+    )
+    everything = {}
     for dataset in args.datasets:
-        medians = run(dataset, args.seeds)
+        results = everything[dataset] = run(dataset, seeds, args.encoding, args.strategies)
         print(f"| {dataset} | " + " | ".join(f"{b} evals" for b in BUDGETS) + " |")
         print("|---|" + "---|" * len(BUDGETS))
-        for name, by_budget in medians.items():
-            print(f"| {name} | " + " | ".join(f"{by_budget[b]:.2f}" for b in BUDGETS) + " |")
+        for name, scores in results.items():
+            medians = [statistics.median(scores[b]) for b in BUDGETS]
+            print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+        if {"hpsearch evolution", "hpsearch tpe"} <= results.keys():
+            evolution, tpe = results["hpsearch evolution"], results["hpsearch tpe"]
+            print(
+                "\nevolution below hpsearch tpe on "
+                + ", ".join(f"{wins(evolution[b], tpe[b])} seeds at {b}" for b in BUDGETS)
+                + " (ties left out)"
+            )
         print()
     print(f"({time.perf_counter() - started:.0f} s)")
+    if args.scores:
+        seeds_run = list(seeds)
+        record = {"seeds": seeds_run, "encoding": args.encoding, "scores": everything}
+        Path(args.scores).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

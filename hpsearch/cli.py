@@ -14,6 +14,7 @@ import typer
 
 from hpsearch.errors import DiskFull, InputError, printable
 from hpsearch.runs import DEFAULT_RUNS_DIR
+from hpsearch.storage import DatabaseUnreachable
 
 app = typer.Typer(
     add_completion=False,
@@ -81,6 +82,8 @@ def user_errors(command):
             return command(*args, **kwargs)
         except InputError as exc:
             raise _fail(str(exc), EXIT_INPUT) from None
+        except DatabaseUnreachable as exc:  # a fault, like a full disk: resumable, exit 1
+            raise _fail(str(exc), EXIT_GATE) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", EXIT_INTERRUPTED) from None
 

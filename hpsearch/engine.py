@@ -59,7 +59,14 @@ from hpsearch.spec import (
     spec_from_dict,
     spec_to_yaml,
 )
-from hpsearch.storage import mask_args, mask_url, probe_storage
+from hpsearch.storage import (
+    DatabaseUnreachable,
+    Ticker,
+    database_address,
+    mask_args,
+    mask_url,
+    probe_storage,
+)
 from hpsearch.strategies import check_strategy
 from hpsearch.study import (
     FINAL_ATTR,
@@ -281,6 +288,11 @@ def _drive(search: Search, work: Callable[[], RunState]) -> RunResult:
             search.stop()
         full.run = search.run
         raise
+    except DatabaseUnreachable as down:
+        # nothing to record: the study is the record, and it is out of reach; the trials left
+        # running lose their heartbeat and are retried by --resume
+        down.run = search.run
+        raise
     return RunResult(search.run, search.finish(state))
 
 
@@ -408,9 +420,12 @@ def join_study(
         storage = open_storage(url, Path(os.devnull))
         study = load_existing_study(storage, study_name, wait)
         deadline = time.time() + wait
+        ticker = Ticker(f"waiting for study {study_name} at {database_address(url)} to plan")
         while SPEC_ATTR not in study.user_attrs or ROUNDS_ATTR not in study.user_attrs:
             if time.time() > deadline:  # created, but its planner never published the spec
                 raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
+            if time.time() > deadline - wait + 2:  # a planner usually needs only a moment
+                ticker.tick()
             time.sleep(0.5)
             study = load_existing_study(storage, study_name)
         spec = _study_spec(study, url, study_name, **({"device": device} if device else {}))
@@ -429,7 +444,11 @@ def join_study(
             write_run_files(run, spec, data)
         with RunOwner(run, shared=True):
             search = Search(spec, data, run, progress, study_name, workers=workers)
-            return _drive(search, lambda: search.join(wait))
+            try:
+                return _drive(search, lambda: search.join(wait))
+            except DatabaseUnreachable as down:
+                down.resume = down.resume or "start the worker again once the database is back"
+                raise
 
 
 def _study_spec(study: optuna.Study, url: str, name: str, **update: Any) -> Spec:
@@ -593,5 +612,9 @@ def run_spec(
                     reviewer=reviewer_for(spec, progress),
                     study_name=options.study,
                 )
+    except DatabaseUnreachable as down:
+        where = getattr(down.run, "root", "RUN")
+        down.resume = down.resume or f"once it is back: hpsearch run {spec_path} --resume {where}"
+        raise
     finally:
         progress.close()

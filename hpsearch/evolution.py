@@ -7,6 +7,11 @@ random sample keeps the second best in play. The first `population / 2` proposal
 A child that repeats a configuration the study already has is mutated again, which matters in
 small discrete spaces where a one-gene change often leads back to a known point.
 
+A numeric gene takes a Gaussian step. So does an ordered choice (numbers, hidden widths: see
+`hpsearch.space.Param.ordered`), along its sorted options as an integer range of indices: a
+step to a neighbour mostly, now and then two, where a jump to any option would forget that
+128 units lie between 64 and 256. Other choices jump to any other option.
+
 The sampler reads nothing but the study's trials (params, values, direction), so several
 processes sharing one storage can each ask with their own seeded instance.
 """
@@ -14,6 +19,7 @@ processes sharing one storage can each ask with their own seeded instance.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +48,8 @@ class EvolutionSampler(BaseSampler):
     """Tournament selection from the last `population` complete trials, then mutation.
 
     `sigma` is a numeric gene's step: its standard deviation as a fraction of the range
-    (measured on the log axis for log ranges).
+    (measured on the log axis for log ranges). `ordered` maps a categorical parameter to its
+    choices in order, as Optuna stores them (`hpsearch.space.ordered_choices`).
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class EvolutionSampler(BaseSampler):
         sigma: float = 0.15,
         seed: int | None = None,
         known: KnownConfigurations | None = None,
+        ordered: Mapping[str, list[Any]] | None = None,
     ) -> None:
         self.population = population
         self.tournament = tournament or max(2, round(0.75 * population))
@@ -62,6 +70,7 @@ class EvolutionSampler(BaseSampler):
         self._random = RandomSampler(seed=None if seed is None else (seed + 1) % 2**32)
         self._children: dict[int, dict[str, Any]] = {}
         self._known = known or KnownConfigurations()
+        self._ordered = dict(ordered or {})
 
     def reseed_rng(self) -> None:
         self._rng.seed()
@@ -146,11 +155,19 @@ class EvolutionSampler(BaseSampler):
         count = min(len(names), genes)
         for index in self._rng.choice(len(names), count, replace=False):
             name = names[index]
-            child[name] = self._mutate_gene(child[name], parent.distributions[name])
+            dist = parent.distributions[name]
+            child[name] = self._mutate_gene(child[name], dist, self._ordered.get(name))
         return child
 
-    def _mutate_gene(self, value: Any, dist: BaseDistribution) -> Any:
+    def _mutate_gene(
+        self, value: Any, dist: BaseDistribution, order: list[Any] | None = None
+    ) -> Any:
+        """A new value for one gene; `order` is a categorical's choices in order, if ordered."""
         if isinstance(dist, CategoricalDistribution):
+            if _same_options(order, dist.choices) and value in order:
+                # a step along the sorted options, as along an integer range of indices
+                index = order.index(value)
+                return order[self._mutate_gene(index, IntDistribution(0, len(order) - 1))]
             others = [c for c in dist.choices if c != value]
             return others[self._rng.randint(len(others))]
         assert isinstance(dist, FloatDistribution | IntDistribution)
@@ -171,6 +188,12 @@ class EvolutionSampler(BaseSampler):
 
 def _key(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
+
+
+def _same_options(order: list[Any] | None, choices: tuple[Any, ...]) -> bool:
+    """Whether `order` ranks exactly the study's choices (a space changed since the sampler was
+    made falls back to jumps)."""
+    return order is not None and len(order) == len(choices) and all(c in order for c in choices)
 
 
 def _mutable(dist: BaseDistribution) -> bool:

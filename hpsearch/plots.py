@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from hpsearch.space import Param
+
 DPI = 110
 # marker and color per trial state, the same in every plot
 STATE_STYLE = {
@@ -52,12 +54,21 @@ def rank_trials(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def choices_of(param: ParamSpec) -> list[Any]:
-    """The choices or explicit grid values of a parameter that is not a low/high range."""
-    return list(param.choices if param.choices is not None else param.values or [])
+    """The choices or explicit grid values of a parameter that is not a low/high range: from
+    smallest to largest when they are ordered (numbers, hidden widths), else as given."""
+    return _listed(param).ordered_options
+
+
+def _listed(param: ParamSpec, path: str = "") -> Param:
+    # hpsearch.space brings optuna: imported on first use, so importing this module stays cheap
+    from hpsearch.space import Param
+
+    return Param.listed(param, path)
 
 
 def range_position(param: ParamSpec, value: Any) -> float:
-    """Where `value` lies among the parameter's values: 0 at low (first choice), 1 at high (last).
+    """Where `value` lies among the parameter's values: 0 at low (the first choice, or the
+    smallest of ordered choices), 1 at high (the last, or the largest).
 
     Log ranges are measured on the log axis, where the sampler spreads them evenly. NaN for a
     value that is not one of the choices.
@@ -195,7 +206,8 @@ def parameter_figure(summary: Mapping[str, Any], path: str, param: ParamSpec) ->
         xlabel = f"{path} ({'log' if param.log else 'linear'} scale; dotted: search range)"
     else:
         best_x = _strip_plot(ax, trials, path, choices_of(param))
-        xlabel = f"{path} (choices)"
+        ordered = _listed(param, path).ordered
+        xlabel = f"{path} ({'choices, smallest first' if ordered else 'choices'})"
     ax.scatter(
         [best_x],
         [trials[0]["value"]],

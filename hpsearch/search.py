@@ -27,6 +27,7 @@ from hpsearch.rounds import plan_round, round_budgets, round_count, total_budget
 from hpsearch.runs import RunFolder
 from hpsearch.space import decode_params, parse_space, to_optuna_params
 from hpsearch.spec import Spec, parse_duration
+from hpsearch.storage import DatabaseUnreachable, retry_seconds
 from hpsearch.strategies import describe_space, make_pruner, make_sampler, space_from_description
 from hpsearch.study import (
     FINAL_ATTR,
@@ -45,6 +46,7 @@ from hpsearch.study import (
 from hpsearch.summary import LiveSummary, best_outcome, ranked_outcomes
 from hpsearch.train import resolve_device
 from hpsearch.workers import (
+    DATABASE_EXIT,
     DISK_FULL_EXIT,
     WorkerTask,
     cores,
@@ -226,6 +228,8 @@ class Search:
         codes = run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
         if DISK_FULL_EXIT in codes:
             raise DiskFull(str(self.run.trials_dir))
+        if DATABASE_EXIT in codes:
+            raise DatabaseUnreachable(getattr(self.storage, "where", "?"), retry_seconds())
         if all(code not in (0, None) for code in codes) and budget_used(self.study) == before:
             # every worker died without starting a trial: trying again would loop for ever
             raise InputError(

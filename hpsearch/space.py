@@ -3,6 +3,10 @@
 A log range is sampled as 10**r with r uniform between log10(low) and log10(high) (Optuna's
 `log=True` draws uniformly in log space). Choices may be any YAML value; lists (e.g. hidden
 widths) travel through Optuna as their JSON text, since its categorical values must be scalars.
+
+Choices (or grid values) that are numbers, or equal-length lists of numbers that grow together
+(hidden widths), are *ordered*: `Param.ordered` and `Param.ordered_options` say so once, for
+evolution's mutation, refine's tightening and the report's plots alike.
 """
 
 from __future__ import annotations
@@ -68,6 +72,25 @@ class Param:
         """Choices or explicit values, as given."""
         return list(self.spec.choices if self.spec.choices is not None else self.spec.values or [])
 
+    @classmethod
+    def listed(cls, spec: ParamSpec, path: str = "") -> Param:
+        """A choices or values parameter known by its spec alone (as a run's report reads it):
+        its kind matters only to ranges."""
+        if spec.is_range:
+            raise ValueError(f"{path or 'a range'}: listed() takes choices or values, not a range")
+        return cls(path, spec, "categorical")
+
+    @property
+    def ordered(self) -> bool:
+        """Whether the options have an order a search can step along (see `_order`), unless
+        the entry says `ordered: false`."""
+        return not self.is_range and self.spec.ordered is not False and bool(_order(self.options))
+
+    @property
+    def ordered_options(self) -> list[Any]:
+        """The options from smallest to largest when ordered, else as given."""
+        return _order(self.options) if self.ordered else self.options
+
     def distribution(self) -> BaseDistribution:
         s = self.spec
         if not self.is_range:
@@ -95,6 +118,33 @@ class Param:
         if self.kind == "int":
             return sorted({int(round(p)) for p in points})
         return [float(p) for p in points]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _order(options: list[Any]) -> list[Any]:
+    """`options` sorted, when they have an order: numbers, or lists of numbers of one length
+    that grow together position by position once sorted ([32, 16] < [64, 32]), as hidden widths
+    do. Empty when they have none: strings, bools, mixed lists, or widths such as [[64, 32],
+    [32, 64]] that no order makes grow everywhere."""
+    if all(_is_number(v) for v in options):
+        return sorted(options)
+    lists = all(isinstance(v, list) and v and all(_is_number(x) for x in v) for v in options)
+    if not lists or len({len(v) for v in options}) != 1:
+        return []
+    ranked = sorted(options)
+    for smaller, larger in itertools.pairwise(ranked):
+        if any(a > b for a, b in zip(smaller, larger, strict=True)):
+            return []
+    return ranked
+
+
+def ordered_choices(params: list[Param]) -> dict[str, list[Any]]:
+    """Each ordered parameter's options, smallest first, as Optuna stores them (lists encoded):
+    what evolution steps along."""
+    return {p.path: [encode(v) for v in p.ordered_options] for p in params if p.ordered}
 
 
 def encode(value: Any) -> Any:
@@ -154,7 +204,8 @@ def searchable_paths() -> list[str]:
 
 
 def _parse_param(spec: Spec, path: str, param_spec: ParamSpec) -> Param:
-    param = Param(path, param_spec, _kind(path, param_spec))
+    where = f"search.space[{path}]"
+    param = _check_ordered(Param(path, param_spec, _kind(path, param_spec)), where)
     for value in param.options:
         _check_value(spec, path, value)
     for condition in param_spec.when or {}:
@@ -164,6 +215,15 @@ def _parse_param(spec: Spec, path: str, param_spec: ParamSpec) -> Param:
             )
     if spec.search is not None and spec.search.strategy == "grid":
         param.grid_values()
+    return param
+
+
+def _check_ordered(param: Param, where: str) -> Param:
+    if param.spec.ordered and not param.ordered:
+        raise InputError(
+            f"{where}: ordered: true needs numbers, or lists of numbers of one "
+            "length that grow together (e.g. [[32], [64]]); leave it out for these choices"
+        )
     return param
 
 
@@ -207,7 +267,7 @@ def parse_free_space(space: dict[str, dict[str, Any]]) -> list[Param]:
             values = param_spec.values or []
             numeric = values and all(isinstance(v, float) for v in values)
             kind = "float" if numeric else "categorical"
-        params.append(Param(path, param_spec, kind))
+        params.append(_check_ordered(Param(path, param_spec, kind), f"space[{path}]"))
     return params
 
 

@@ -296,6 +296,8 @@ class ParamSpec(Strict):
     steps: int | None = Field(None, ge=2, le=MAX_COUNT, strict=True)
     values: list[Any] | None = Field(None, min_length=1)
     choices: list[Any] | None = Field(None, min_length=1)
+    # None: numbers (and width lists) are searched in order; false: as unrelated options
+    ordered: bool | None = None
     when: dict[str, list[Any]] | None = None
 
     @model_validator(mode="after")
@@ -313,6 +315,10 @@ class ParamSpec(Strict):
                 )
             if self.log and self.low <= 0:
                 raise ValueError(f"a log range needs low > 0 (got low={self.low:g})")
+            if self.ordered is not None:
+                raise ValueError(
+                    "ordered applies only to choices: [..] and values: [..]; a range is ordered"
+                )
         elif self.log or self.step is not None or self.steps is not None:
             raise ValueError("log, step and steps apply only to low/high ranges")
         return self

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import InputError
 from hpsearch.evolution import EvolutionSampler, KnownConfigurations
 from hpsearch.pruners import PeerHyperbandPruner, PeerMedianPruner, PeerSuccessiveHalvingPruner
-from hpsearch.space import Param, suggest
+from hpsearch.space import Param, ordered_choices, suggest
 from hpsearch.spec import ParamSpec, SearchSpec, Spec
 
 PROPOSAL_ATTR = "proposal"  # a sampled trial's place among the search's proposals
@@ -113,7 +113,11 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     if search.strategy == "evolution":
         known = KnownConfigurations()  # shared, so a proposal's cost does not grow
         population = search.population
-        return SeededProposals(lambda s: EvolutionSampler(population, seed=s, known=known), seed)
+        listed = [Param.listed(e, path) for path, e in search.space.items() if not e.is_range]
+        ordered = ordered_choices(listed)
+        return SeededProposals(
+            lambda s: EvolutionSampler(population, seed=s, known=known, ordered=ordered), seed
+        )
     return SeededProposals(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
 
 
@@ -170,13 +174,20 @@ def tighten_param(param: Param, best_values: list[Any]) -> Param:
     Ranges become the box spanned by those values (on the log axis for log ranges), widened by
     one grid spacing (grid) or a tenth of the current span (random) on each side, because the
     optimum may lie between the points tried, and never wider than the current range.
-    Choices keep only the options the best trials used.
+    Ordered choices (numbers, hidden widths) keep the run of sorted options from the smallest
+    to the largest the best trials used, in between included, as a range would; other choices
+    keep only the options the best trials used.
     """
     if not best_values:
         return param
     spec = param.spec
     if not param.is_range:
         kept = [v for v in param.options if v in best_values]
+        if param.ordered and kept:
+            ranked = param.ordered_options
+            used = [ranked.index(v) for v in kept]
+            between = ranked[min(used) : max(used) + 1]
+            kept = [v for v in param.options if v in between]
         key = "choices" if spec.choices is not None else "values"
         return replace(param, spec=spec.model_copy(update={key: kept}))
     low, high = _to_axis(param, spec.low), _to_axis(param, spec.high)

@@ -10,10 +10,14 @@ how far the run is (its rounds, its state, the final best).
 
 from __future__ import annotations
 
+import abc
 import base64
+import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import threading
@@ -25,13 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat  # what fail_stale_trials requires
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import InputError
 from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
 from hpsearch.outcome import TrialState as OutcomeState
 from hpsearch.runs import RunFolder, read_json, write_bytes, write_json
-from hpsearch.storage import mask_url
+from hpsearch.storage import (
+    DatabaseUnreachable,
+    Ticker,
+    connect_args,
+    database_address,
+    is_connection_error,
+    mask_url,
+    retrying,
+)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 COUNTED = (*FINISHED, TrialState.RUNNING)
@@ -60,9 +73,20 @@ def quiet_optuna() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            # Optuna logs a dropped connection (with its SQL) before trying another query;
+            # a lost database is said once, by the retry (see storage.retrying)
+            logging.getLogger(_RDB_LOGGER).addFilter(_no_fallback_notes)
             yield
     finally:
+        logging.getLogger(_RDB_LOGGER).removeFilter(_no_fallback_notes)
         optuna.logging.set_verbosity(verbosity)
+
+
+_RDB_LOGGER = "optuna.storages._rdb.storage"
+
+
+def _no_fallback_notes(record: logging.LogRecord) -> bool:
+    return "Falling back to a slower alternative" not in record.getMessage()
 
 
 def heartbeat_seconds() -> int:
@@ -88,12 +112,22 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
     beat = heartbeat_seconds()
     for attempt in range(5):
         try:
-            return optuna.storages.RDBStorage(
-                url,
-                heartbeat_interval=beat,
-                grace_period=3 * beat,
-                heartbeat_stale_trial_callback=retry_stale,
+            # a worker started mid-run (a new round) meets a lost database like any other
+            # call; one unreachable from the start was reported before (probe_storage)
+            rdb = retrying(
+                lambda: optuna.storages.RDBStorage(
+                    url,
+                    # a pooled connection that died with a server restart is replaced on checkout
+                    engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args(url)},
+                    heartbeat_interval=beat,
+                    grace_period=3 * beat,
+                    heartbeat_stale_trial_callback=retry_stale,
+                ),
+                database_address(url),
             )
+            return RetryingStorage(rdb, database_address(url))
+        except DatabaseUnreachable:
+            raise
         except (IntegrityError, ProgrammingError):
             # Workers starting together race to create Optuna's tables: the losers' CREATE
             # TABLE meets a table (or type) made a moment ago. They retry.
@@ -106,49 +140,138 @@ def open_storage(url: str | None, journal: Path) -> optuna.storages.BaseStorage:
     raise InputError(f"storage: cannot create Optuna's tables in {mask_url(url)}")
 
 
+class RetryingStorage(optuna.storages.BaseStorage, BaseHeartbeat):
+    """A database study whose every storage call is retried while the database is away (a
+    restart, a dropped connection), so a blip costs a wait instead of the run. It wraps
+    Optuna's RDBStorage the way Optuna itself does when handed one (in its cache).
+
+    A write whose commit reached the database just before the connection dropped is sent
+    again; Optuna's writes set one row's values, so that is harmless, except a new trial
+    whose INSERT committed but whose reply was lost: it is made again, and the first copy
+    stays RUNNING without a worker (a window of a few milliseconds per trial)."""
+
+    def __init__(self, rdb: optuna.storages.RDBStorage, where: str):
+        from optuna.storages._cached_storage import _CachedStorage
+
+        self.rdb = rdb
+        self.where = where  # HOST:PORT, for messages
+        self._inner = _CachedStorage(rdb)
+
+    @property
+    def engine(self) -> Any:
+        return self.rdb.engine
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    def method(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        call = getattr(self._inner, name)
+        return retrying(lambda: call(*args, **kwargs), self.where)
+
+    method.__name__ = name
+    return method
+
+
+# every storage and heartbeat call Optuna makes, including the one private call of its
+# fail_stale_trials
+for _name in [
+    *(n for n in vars(optuna.storages.BaseStorage) if not n.startswith("_")),
+    *(n for n in vars(BaseHeartbeat) if not n.startswith("__")),
+]:
+    if callable(getattr(optuna.storages.BaseStorage, _name, None)) or callable(
+        getattr(BaseHeartbeat, _name, None)
+    ):
+        setattr(RetryingStorage, _name, _retried(_name))
+abc.update_abstractmethods(RetryingStorage)
+
+
 def is_database(storage: optuna.storages.BaseStorage) -> bool:
-    return isinstance(storage, optuna.storages.RDBStorage)
+    return isinstance(storage, (RetryingStorage, optuna.storages.RDBStorage))
+
+
+class Hold:
+    """A budget lock while held; `lost` once the database dropped it before its release."""
+
+    lost = False
 
 
 @contextmanager
-def budget_lock(storage: optuna.storages.BaseStorage, study_name: str, lock_dir: Path):
+def budget_lock(
+    storage: optuna.storages.BaseStorage, study_name: str, lock_dir: Path
+) -> Iterator[Hold]:
     """Serialize "count the trials, then ask" among all workers so a budget is never overshot.
 
     A file lock serves one machine; a PostgreSQL advisory lock (or MySQL's GET_LOCK) serves
-    workers on many machines sharing one database.
+    workers on many machines sharing one database. The database ends a lock with the session
+    that holds it: a connection lost while held (a restart) lets another worker count before
+    this one's trials are in; the hold says so (`lost`), for `keep_within_budget`.
     """
+    hold = Hold()
     if is_database(storage) and storage.engine.dialect.name in ("postgresql", "mysql"):
-        with _database_lock(storage, study_name):
-            yield
+        with _database_lock(storage, study_name, hold):
+            yield hold
         return
     run = RunFolder(lock_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     with run.ask_lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield hold
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
-def _database_lock(storage: optuna.storages.RDBStorage, name: str) -> Iterator[None]:
+def _database_lock(storage: RetryingStorage, name: str, hold: Hold) -> Iterator[None]:
     from sqlalchemy import text
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    with storage.engine.connect() as connection:
-        if storage.engine.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        else:
-            connection.execute(text("SELECT GET_LOCK(:k, -1)"), {"k": str(key)})
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
+    if storage.engine.dialect.name == "postgresql":
+        take, give = "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"
+    else:
+        take, give, key = "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)", str(key)
+
+    def acquire() -> Any:
+        connection = storage.engine.connect()
+        try:
+            connection.execute(text(take), {"k": key})
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    connection = retrying(acquire, storage.where)
+    try:
+        yield
+    finally:
+        try:
+            # true (1) only when this session still held the lock
+            hold.lost = not connection.execute(text(give), {"k": key}).scalar()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            hold.lost = True
+        finally:
+            with contextlib.suppress(Exception):  # a dead connection is only thrown away
+                connection.close()
+
+
+def keep_within_budget(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    lock_dir: Path,
+    asked: list[optuna.Trial],
+    target: int,
+) -> list[optuna.Trial]:
+    """After a lost budget lock: count again under the lock, and hand back (to the queue, as
+    waiting trials nobody has started) those of `asked` that took the budget past `target`.
+    Returns the trials to train."""
+    with budget_lock(storage, name, lock_dir):
+        excess = min(len(asked), max(0, budget_used(study) - target))
+        keep, back = asked[: len(asked) - excess], asked[len(asked) - excess :]
+        for trial in back:
+            storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)  # noqa: SLF001
+    return keep
 
 
 def retried_number(trial: FrozenTrial | optuna.Trial) -> int | None:
@@ -201,11 +324,18 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) 
         return
     stop = threading.Event()
     trial_ids = [trial._trial_id for trial in trials]  # noqa: SLF001 - the ids record_heartbeat takes
+    # not retried: a beat the database missed is simply sent again at the next one, and the
+    # trial loop is the one that waits for the database (and says so)
+    beating = getattr(storage, "rdb", storage)
 
     def beat() -> None:
         while not stop.is_set():
-            for trial_id in trial_ids:
-                storage.record_heartbeat(trial_id)
+            try:
+                for trial_id in trial_ids:
+                    beating.record_heartbeat(trial_id)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
             stop.wait(heartbeat_seconds())
 
     thread = threading.Thread(target=beat, name="hpsearch-heartbeat", daemon=True)
@@ -217,16 +347,22 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) 
         thread.join()
 
 
-def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> None:
-    """Finish a trial in the study, keeping its outcome on it for reports from the database."""
-    # one storage write per attribute: the reason travels inside the outcome
-    trial.set_user_attr(OUTCOME_ATTR, outcome.to_json())
-    if outcome.state == OutcomeState.COMPLETE and outcome.value is not None:
-        study.tell(trial, outcome.value)
-    elif outcome.state == OutcomeState.PRUNED:
-        study.tell(trial, state=TrialState.PRUNED)
-    else:
-        study.tell(trial, state=TrialState.FAIL)
+def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
+    """Finish a trial in the study, keeping its outcome on it for reports from the database.
+    False when the trial was finished already: the database was away longer than the
+    heartbeat's grace, so another worker failed it and queued its retry."""
+    try:
+        # one storage write per attribute: the reason travels inside the outcome
+        trial.set_user_attr(OUTCOME_ATTR, outcome.to_json())
+        if outcome.state == OutcomeState.COMPLETE and outcome.value is not None:
+            study.tell(trial, outcome.value)
+        elif outcome.state == OutcomeState.PRUNED:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
 
 
 def beats_the_study(study: optuna.Study, value: float) -> bool:
@@ -245,7 +381,10 @@ def share_weights(trial: optuna.Trial, model: Path) -> None:
     """Keep a trial's weights in the study (before it is told), so the machine that scores the
     best trial on test scores these very weights; models over SHARED_WEIGHTS_LIMIT are not."""
     if model.is_file() and model.stat().st_size <= SHARED_WEIGHTS_LIMIT:
-        trial.set_user_attr(WEIGHTS_ATTR, base64.b64encode(model.read_bytes()).decode("ascii"))
+        weights = base64.b64encode(model.read_bytes()).decode("ascii")
+        # failed meanwhile by another worker (see tell_outcome): its retry shares its own
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            trial.set_user_attr(WEIGHTS_ATTR, weights)
 
 
 def fetch_weights(study: optuna.Study, number: int, model: Path) -> bool:
@@ -285,6 +424,14 @@ def replace_trial(
     if not storage.set_trial_state_values(edit._trial_id, state=TrialState.RUNNING):
         return None
     return optuna.Trial(study, edit._trial_id)
+
+
+def first_beat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> None:
+    """A database trial's first heartbeat, as soon as it is asked for: a trial whose worker
+    is lost before it starts training (killed, or the database went away) is then failed
+    and retried like any other, instead of staying RUNNING with no heartbeat to miss."""
+    if is_database(storage):
+        storage.record_heartbeat(trial._trial_id)  # noqa: SLF001 - the id record_heartbeat takes
 
 
 def mark_worker(trial: optuna.Trial) -> None:
@@ -327,13 +474,17 @@ def study_outcomes(study: optuna.Study, decode: Decode) -> list[TrialOutcome]:
 def load_existing_study(
     storage: optuna.storages.BaseStorage, name: str, wait: float = 0.0
 ) -> optuna.Study:
-    """Load study `name`, waiting up to `wait` seconds for its creator to make it."""
+    """Load study `name`, waiting up to `wait` seconds for its creator to make it (saying so
+    every few seconds)."""
     deadline = time.time() + wait
+    where = getattr(storage, "where", "this storage")
+    ticker = Ticker(f"waiting for study {name} at {where}")
     while True:
         try:
             return optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             if time.time() < deadline:
+                ticker.tick()
                 time.sleep(0.5)
                 continue
         summaries = optuna.get_all_study_summaries(storage)
@@ -437,6 +588,20 @@ def fail_running(
             fail_interrupted(study, trial, run, decode)
 
 
+def fail_unclaimed(study: optuna.Study) -> None:
+    """Resume: a trial asked for just as the database went away (its worker never heard the
+    answer) is RUNNING with no worker and no heartbeat to miss; once older than the
+    heartbeat's grace it is failed and queued again like a stale one."""
+    grace = datetime.timedelta(seconds=3 * heartbeat_seconds())
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        start = trial.datetime_start
+        if PID_ATTR not in trial.user_attrs and start is not None and now - start > grace:
+            storage = study._storage  # noqa: SLF001 - fail one trial by id, as fail_stale does
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):  # noqa: SLF001
+                retry_stale(study, trial)
+
+
 def retry_interrupted(study: optuna.Study) -> int:
     """Trials cut short (interrupted, or failed for a full disk) run again, once each, instead
     of using up the budget; how many."""
@@ -466,6 +631,7 @@ def recover(
     on another machine right now); in a journal, no process of the run is alive any more."""
     if is_database(storage):
         fail_stale(study, storage)
+        fail_unclaimed(study)
     else:
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_interrupted(study, trial, run, decode)

@@ -14,13 +14,14 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.data import Dataset
 from hpsearch.errors import InputError
 from hpsearch.runs import RunFolder, find_run, read_json
 from hpsearch.spec import Spec
 
-if TYPE_CHECKING:  # torch is imported where weights are read: the report needs none of it
-    import torch
+if TYPE_CHECKING:  # torch and pandas are imported where weights and data are read: the
+    import torch  # report, which only describes a transfer, needs neither
+
+    from hpsearch.data import Dataset
 
 KEY = "model.init_from"
 SCALE_KEY = "input_scale"  # the source's attribute strengths are its own, not the new spec's

@@ -47,6 +47,7 @@ from hpsearch.runs import RunFolder
 from hpsearch.space import Param, apply_params, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, Spec
 from hpsearch.stacked import shape_key, stack_size
+from hpsearch.storage import DatabaseUnreachable
 from hpsearch.strategies import ask_next, make_pruner, make_sampler
 from hpsearch.study import (
     RERANK_ATTR,
@@ -55,8 +56,10 @@ from hpsearch.study import (
     budget_lock,
     budget_used,
     fail_stale,
+    first_beat,
     heartbeat,
     is_database,
+    keep_within_budget,
     mark_worker,
     open_storage,
     quiet_optuna,
@@ -69,6 +72,7 @@ from hpsearch.study import (
 )
 
 DISK_FULL_EXIT = 28  # a worker's exit code when the disk is full (ENOSPC)
+DATABASE_EXIT = 75  # a worker's exit code when the database stayed away (EX_TEMPFAIL)
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 STOP_GRACE = 5.0  # seconds workers get to record their trials as interrupted on Ctrl-C
 
@@ -239,13 +243,21 @@ def trial_loop(
         told: set[int] = set()
         try:
             # a stop while asking waits until the trial is in `asked`, so it is recorded
-            with deferred_stop(), budget_lock(storage, task.study_name, run.root):
+            with deferred_stop(), budget_lock(storage, task.study_name, run.root) as hold:
                 fail_stale(study, storage)
                 room = target - budget_used(study)
                 if room <= 0:
                     return False
                 for _ in range(min(task.stack, room)):
                     asked.append(ask_next(study))
+                    first_beat(storage, asked[-1])
+            if hold.lost:  # the database restarted meanwhile: another worker may have asked too
+                with deferred_stop():
+                    asked[:] = keep_within_budget(
+                        study, storage, task.study_name, run.root, asked, target
+                    )
+                if not asked:
+                    continue
             for trial in asked:
                 mark_worker(trial)
                 proposals.append((trial, suggest(trial, task.params, task.spec)))
@@ -270,9 +282,9 @@ def trial_loop(
                     value = outcome.value
                     if database and value is not None and beats_the_study(study, value):
                         share_weights(trial, run.trial(trial.number).model)
-                    tell_outcome(study, trial, outcome)
+                    counted = tell_outcome(study, trial, outcome)
                     told.add(trial.number)
-                    if on_finished is not None:
+                    if on_finished is not None and counted:
                         on_finished(outcome)
                     if outcome.reason_kind == Reason.DISK and says_disk_full(outcome.reason):
                         full = str(run.trial(trial.number).root)
@@ -330,6 +342,10 @@ def _worker_main(tasks: Any, events: Any = None) -> None:
     except DiskFull as full:
         print(f"worker: {full}", file=sys.stderr)
         sys.exit(DISK_FULL_EXIT)
+    except DatabaseUnreachable:
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the planner stops us too
+            signal.signal(stop, signal.SIG_IGN)
+        sys.exit(DATABASE_EXIT)  # the planner, waiting on the same database, says it once
     except KeyboardInterrupt:
         for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # stopped: exit in peace
             signal.signal(stop, signal.SIG_IGN)
@@ -378,15 +394,15 @@ def run_processes(
             for process in processes:
                 if process.exitcode not in (None, 0) and process.pid not in noted:
                     noted.add(process.pid)
-                    if process.exitcode == DISK_FULL_EXIT:  # the others would fail alike
-                        stop_processes(processes)
+                    if process.exitcode in (DISK_FULL_EXIT, DATABASE_EXIT):
+                        stop_processes(processes)  # the others would fail alike
                     else:
                         on_dead(process.pid)
             if not alive:
                 tick()
                 return [process.exitcode for process in processes]
             time.sleep(poll)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or the database stayed away from the planner too
         stop_processes(processes)
         raise
     finally:

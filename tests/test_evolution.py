@@ -1,4 +1,5 @@
 import math
+from collections import Counter
 
 import optuna
 import pytest
@@ -154,3 +155,28 @@ class TestOptunaSamplerContract(BasicSamplerTestCase):
     @pytest.fixture
     def sampler(self):
         return lambda: EvolutionSampler(population=4, seed=0)
+
+
+def index_steps(sampler, options, start, order, count=2000):
+    dist = CategoricalDistribution(options)
+    ranked = order or sorted(options)
+    steps = [
+        ranked.index(sampler._mutate_gene(start, dist, order)) - ranked.index(start)
+        for _ in range(count)
+    ]
+    return Counter(abs(s) for s in steps)
+
+
+def test_an_ordered_choice_steps_to_its_neighbours():
+    # given out of order: the step is along the sorted options, not the list as written
+    options = [512, 16, 128, 32, 256, 64, 8]
+    sizes = index_steps(EvolutionSampler(seed=0), options, 64, sorted(options))
+    assert sizes[0] == 0 and sizes[1] > 0.85 * 2000  # always a move, nearly always to a neighbour
+    assert sizes[2] > 0  # now and then two
+    assert max(sizes) <= 4
+
+
+def test_an_unordered_choice_jumps_to_any_other():
+    options = [512, 16, 128, 32, 256, 64, 8]
+    sizes = index_steps(EvolutionSampler(seed=0), options, 64, None)
+    assert sizes[0] == 0 and sizes[3] > 0.1 * 2000  # as far as the ends, about as often as 1

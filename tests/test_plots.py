@@ -96,6 +96,26 @@ def test_choices_are_plotted_by_choice():
     assert parameter_figure(summary, "train.l2", ParamSpec(low=0.0, high=1.0)) is None
 
 
+def test_ordered_choices_are_plotted_smallest_first():
+    trials = [
+        trial(0, 0.20, params(hidden=[32])),
+        trial(1, 0.10, params(hidden=[8])),
+        trial(2, 0.15, params(hidden=[16])),
+    ]
+    summary = summary_of(trials)
+    written = ParamSpec(choices=[[32], [8], [16]])
+    ax = parameter_figure(summary, "model.hidden", written).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["[8]", "[16]", "[32]"]
+    assert "smallest first" in ax.get_xlabel()
+    unordered = ParamSpec(choices=[[32], [8], [16]], ordered=False)
+    ax = parameter_figure(summary, "model.hidden", unordered).axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["[32]", "[8]", "[16]"]
+    assert [range_position(written, [w]) for w in (8, 16, 32)] == [0.0, 0.5, 1.0]
+    assert [range_position(unordered, [w]) for w in (32, 8, 16)] == [0.0, 0.5, 1.0]
+    names = ParamSpec(choices=["tanh", "relu"])  # no order: as written
+    assert (range_position(names, "tanh"), range_position(names, "relu")) == (0.0, 1.0)
+
+
 def test_best_so_far_follows_the_direction_and_places_failed_trials():
     trials = search_trials()
     assert running_best(trials, maximize=False) == [

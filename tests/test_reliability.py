@@ -167,7 +167,9 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert time.time() - started < 5
+    # at once, not after the trials (the whole run takes about half a minute on 2 cores;
+    # the bound leaves room for a loaded machine's process exit)
+    assert time.time() - started < 10
 
 
 def test_stale_journal_lock_is_taken_over(tmp_path):

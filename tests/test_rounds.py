@@ -81,6 +81,21 @@ def test_refine_round_tightens_around_the_best_and_is_seeded():
     assert all(x.spec.low <= p["x"] <= x.spec.high for p in first.points)
 
 
+def test_refine_round_over_ordered_choices_samples_a_contiguous_run():
+    units = [512, 16, 256, 32, 128, 64, 8]
+    params = parse_free_space({"units": {"choices": units}})
+    # a noisy objective: 16 and 128 came out best, 32 and 64 between them did not
+    value = {16: 0.1, 128: 0.2, 32: 0.5, 64: 0.6, 8: 0.7, 256: 0.8, 512: 0.9}
+    finished = [({"units": u}, value[u]) for u in units]
+    spec = search(strategy="random", trials=20, refine={"rounds": 1, "keep": 0.25})
+    kwargs = {"previous": params, "finished": finished, "tried": [], "budget": 12}
+    planned = plan_round(spec, params, 1, seed=0, **kwargs)
+    (kept,) = planned.space
+    assert kept.spec.choices == [16, 32, 128, 64]  # the run 16..128, in the order written
+    assert kept.ordered_options == [16, 32, 64, 128]
+    assert {p["units"] for p in planned.points} <= {16, 32, 64, 128}
+
+
 def test_unseen_compares_decoded_values():
     points = [{"h": [8, 4]}, {"h": [16]}]
     assert unseen(points, [{"h": [8, 4]}]) == [{"h": [16]}]

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 
 from hpsearch.errors import InputError
-from hpsearch.space import apply_params, grid_points, parse_space
+from hpsearch.space import apply_params, grid_points, ordered_choices, parse_free_space, parse_space
 from hpsearch.strategies import refine_points
 from tests.conftest import make_spec
 
@@ -128,3 +128,73 @@ def test_a_misspelled_path_is_named_at_its_yaml_line_with_what_was_meant(tmp_pat
         parse_space(spec)
     assert str(caught.value).startswith(f"{tmp_path / 'spec.yaml'}:6: search.space[{path}]")
     assert f"did you mean {meant}?" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "ordered", "in_order"),
+    [
+        pytest.param({"choices": [64, 16, 32]}, True, [16, 32, 64], id="ints"),
+        pytest.param({"choices": [0.3, 0.0, 0.6]}, True, [0.0, 0.3, 0.6], id="floats"),
+        pytest.param({"values": [0.5, 0.1]}, True, [0.1, 0.5], id="grid-values"),
+        pytest.param({"choices": [[128], [32], [64]]}, True, [[32], [64], [128]], id="widths"),
+        pytest.param(
+            {"choices": [[128, 128], [64, 64]]}, True, [[64, 64], [128, 128]], id="two-layers"
+        ),
+        pytest.param(
+            {"choices": [[64, 32], [32, 64]]}, False, [[64, 32], [32, 64]], id="widths-crossing"
+        ),
+        pytest.param({"choices": [[32], [64, 32]]}, False, [[32], [64, 32]], id="lengths-differ"),
+        pytest.param({"choices": ["tanh", "relu"]}, False, ["tanh", "relu"], id="strings"),
+        pytest.param({"choices": [1, "relu"]}, False, [1, "relu"], id="mixed"),
+        pytest.param({"choices": [True, False]}, False, [True, False], id="bools"),
+        pytest.param({"choices": [1, True]}, False, [1, True], id="number-and-bool"),
+        pytest.param({"choices": [64, 16], "ordered": False}, False, [64, 16], id="ordered-false"),
+        pytest.param({"choices": [64, 16], "ordered": True}, True, [16, 64], id="ordered-true"),
+        pytest.param({"low": 1, "high": 9}, False, [], id="range"),
+    ],
+)
+def test_which_choices_are_ordered(entry, ordered, in_order):
+    (param,) = parse_free_space({"x": entry})
+    assert param.ordered is ordered
+    assert param.ordered_options == in_order
+
+
+def test_ordered_choices_of_a_spec_space_as_optuna_stores_them():
+    space = {**SPACE, "model.hidden": {"choices": [[64], [8], [16]]}}
+    params = parse_space(spec_with(space))
+    assert ordered_choices(params) == {
+        "train.batch_size": [16, 32, 64],
+        "model.hidden": ["[8]", "[16]", "[64]"],
+    }
+    unordered = {**space, "train.batch_size": {"choices": [16, 32, 64], "ordered": False}}
+    assert "train.batch_size" not in ordered_choices(parse_space(spec_with(unordered)))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        pytest.param({"choices": ["adam", "sgd"], "ordered": True}, "ordered: true needs"),
+        pytest.param({"low": 0.1, "high": 0.9, "ordered": False}, "ordered applies only to"),
+    ],
+)
+def test_ordered_where_it_cannot_apply(entry, expected):
+    with pytest.raises(InputError, match=expected):
+        parse_free_space({"x": entry})
+
+
+def test_ordered_true_on_strings_in_a_spec_names_the_entry():
+    space = {"train.optimizer": {"choices": ["adam", "sgd"], "ordered": True}}
+    with pytest.raises(InputError, match=r"search.space\[train.optimizer\]: ordered: true"):
+        parse_space(spec_with(space))
+
+
+def test_resume_refuses_changed_ordered_choices_and_accepts_ordered_false():
+    from hpsearch.spec import check_resume_compatible
+
+    old = spec_with({"train.batch_size": {"choices": [16, 32, 64]}})
+    for changed in ([16, 32, 128], [64, 32, 16]):
+        new = spec_with({"train.batch_size": {"choices": changed}})
+        with pytest.raises(InputError, match="choices changed"):
+            check_resume_compatible(old, new)
+    same = spec_with({"train.batch_size": {"choices": [16, 32, 64], "ordered": False}})
+    assert check_resume_compatible(old, same) == []

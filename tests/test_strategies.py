@@ -128,3 +128,41 @@ def test_best_fraction_keeps_every_trial_tied_at_the_cut():
     points = [({"x": i}, 0.0 if i < 6 else 0.1 * i) for i in range(12)]  # six tie at 0.00
     kept = best_fraction(points, 0.25, maximize=False)
     assert kept == [{"x": i} for i in range(6)]  # not an arbitrary three of the six
+
+
+def test_evolution_is_handed_the_order_of_numeric_choices():
+    space = {**SPACE, "model.hidden": {"choices": [[64], [8], [32]]}}
+    spec = make_spec(search={"strategy": "evolution", "space": space})
+    evolution = make_sampler(spec.search, 0)._make(1)  # one proposal's sampler
+    assert evolution._ordered == {
+        "train.batch_size": [16, 32, 64],
+        "model.hidden": ["[8]", "[32]", "[64]"],
+    }
+
+
+def test_refine_keeps_a_contiguous_run_of_ordered_choices_around_the_best():
+    space = {
+        "train.batch_size": {"choices": [128, 8, 64, 16, 32]},
+        "model.hidden": {"choices": [[64, 32], [8, 4], [16, 8], [32, 16]]},
+        "train.optimizer": {"choices": ["adam", "sgd", "momentum"]},
+    }
+    best = [
+        {"train.batch_size": 16, "model.hidden": [8, 4], "train.optimizer": "adam"},
+        {"train.batch_size": 64, "model.hidden": [32, 16], "train.optimizer": "momentum"},
+    ]
+    tightened = {p.path: p for p in tighten(parse_space(make_spec(search={"space": space})), best)}
+    # 32 lies between the best's 16 and 64: kept, in the order the user wrote the list
+    assert tightened["train.batch_size"].spec.choices == [64, 16, 32]
+    assert tightened["train.batch_size"].ordered_options == [16, 32, 64]
+    assert tightened["model.hidden"].spec.choices == [[8, 4], [16, 8], [32, 16]]
+    assert tightened["train.optimizer"].spec.choices == ["adam", "momentum"]  # no order: as used
+    one = tighten(parse_space(make_spec(search={"space": space})), best[:1])
+    assert one[0].spec.choices == [16]
+
+
+def test_refine_treats_ordered_false_as_unrelated_options():
+    space = {"train.batch_size": {"choices": [8, 16, 32, 64], "ordered": False}}
+    best = [{"train.batch_size": 8}, {"train.batch_size": 64}]
+    (param,) = tighten(parse_space(make_spec(search={"space": space})), best)
+    assert param.spec.choices == [8, 64]
+    assert param.spec.ordered is False
