@@ -13,6 +13,7 @@ like its first layer's weights, into which the trained model folds them).
 from __future__ import annotations
 
 import difflib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -140,12 +141,27 @@ def oversampled(spec: DataSpec, data: Dataset, seed: int) -> Split:
     train = data.splits["train"]
     if spec.oversample is None:
         return train
+    # asked for by the run's split.json, each trial's params.json and its training: computed
+    # once per data, settings and seed (SMOTE's neighbour search is not free)
+    key = (spec.oversample.model_dump_json(), seed)
+    cached = _OVERSAMPLED.setdefault(data, {})
+    if key not in cached:
+        cached[key] = _oversample(train, spec.oversample, data, seed)
+    return cached[key]
+
+
+_OVERSAMPLED: weakref.WeakKeyDictionary[Dataset, dict[tuple[str, int], Split]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _oversample(train: Split, spec: OversampleSpec, data: Dataset, seed: int) -> Split:
     counts = class_counts(train.y, data)
-    targets = target_counts(spec.oversample, counts, data)
+    targets = target_counts(spec, counts, data)
     if targets == counts:
         return train
-    if spec.oversample.method == "smote":
-        return _smote(train, spec.oversample, targets, data, seed)
+    if spec.method == "smote":
+        return _smote(train, spec, targets, data, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
     extra = [
         rng.choice(np.flatnonzero(train.y == k), size=targets[name] - counts[name])

@@ -14,6 +14,7 @@ from hpsearch.cli import app
 from hpsearch.data import load_dataset
 from hpsearch.errors import InputError
 from hpsearch.remedies import (
+    _OVERSAMPLED,
     check_remedies,
     class_counts,
     input_scale,
@@ -179,6 +180,7 @@ def test_oversampling_grows_the_named_classes(imbalanced, oversample, expected):
     assert after["b"] == round(before["b"] * expected["b"]) or after["b"] == before["a"]
     # the original rows come first, unchanged
     np.testing.assert_array_equal(fitted.X[: len(data.splits["train"])], data.splits["train"].X)
+    _OVERSAMPLED.clear()  # drawn again, not read from the cache
     assert oversampled(spec.data, data, 0).X.tobytes() == fitted.X.tobytes()  # seeded
 
 
@@ -341,7 +343,7 @@ def test_a_searched_column_that_does_not_exist_stops_the_run(tmp_path):
 def test_a_stopped_stack_with_remedies_resumes_exactly(iris_data, stop_at):
     """The noise generators travel in the checkpoint, with the rest of a member's state; a
     frozen layer stays frozen after a resume."""
-    from tests.test_train import _same_training, _stop_after
+    from tests.test_train import _same_training, stopped_and_resumed
 
     data = {"source": "sklearn:iris", "oversample": {"0": 2}}
     specs = [
@@ -357,10 +359,6 @@ def test_a_stopped_stack_with_remedies_resumes_exactly(iris_data, stop_at):
         )
     ]
     members = [Member(spec, seed) for spec, seed in zip(specs, (1, 2, 3), strict=True)]
-    whole = train(members, iris_data)
-    hooks, states = _stop_after(stop_at)
-    with pytest.raises(KeyboardInterrupt):
-        train(members, iris_data, hooks)
-    resumed = [Member(m.spec, m.seed, states[k][-1]) for k, m in enumerate(members)]
+    whole, resumed = stopped_and_resumed(members, iris_data, stop_at)
     for again, expected in zip(train(resumed, iris_data), whole, strict=True):
         _same_training(again, expected)

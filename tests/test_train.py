@@ -241,6 +241,16 @@ def _same_training(a, b):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history]
 
 
+def stopped_and_resumed(members, data, stop_at):
+    """The members trained whole, and the members again as they resume from the states saved
+    when a run of them was stopped after `stop_at` batches."""
+    whole = train(members, data)
+    hooks, states = _stop_after(stop_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(members, data, hooks)
+    return whole, [Member(m.spec, m.seed, states[k][-1]) for k, m in enumerate(members)]
+
+
 @pytest.mark.parametrize("stop_at", [1, 7, 23, 33])
 def test_a_stopped_stack_resumes_exactly(iris_data, stop_at):
     """Stopped after any batch (mid-epoch too) and resumed from the saved state, each member
@@ -258,11 +268,7 @@ def test_a_stopped_stack_resumes_exactly(iris_data, stop_at):
         )
     ]
     members = [Member(spec, seed) for spec, seed in zip(specs, (1, 2, 3), strict=True)]
-    whole = train(members, iris_data)
-    hooks, states = _stop_after(stop_at)
-    with pytest.raises(KeyboardInterrupt):
-        train(members, iris_data, hooks)
-    resumed = [Member(m.spec, m.seed, states[k][-1]) for k, m in enumerate(members)]
+    whole, resumed = stopped_and_resumed(members, iris_data, stop_at)
     assert {m.position for m in resumed} == {resumed[0].position} != {(0, 0)}
     for again, expected in zip(train(resumed, iris_data), whole, strict=True):
         _same_training(again, expected)
