@@ -26,7 +26,7 @@ import yaml
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import DiskFull, InputError
-from hpsearch.metrics import check_objective_metric, resolve_loss
+from hpsearch.metrics import check_objective, resolve_loss
 from hpsearch.objective import (
     Rerun,
     job_for,
@@ -175,7 +175,7 @@ def prepare(spec: Spec) -> Dataset:
     data = load_dataset(spec.data, spec.seed)
     check_trial_data(spec, data)
     resolve_loss(spec.train.loss, data.task)
-    check_objective_metric(spec.objective.metric, data.task)
+    check_objective(spec.objective, data.task)
     resolve_device(spec.device)
     if spec.storage is not None:
         probe_storage(spec.storage)
@@ -397,7 +397,7 @@ def claim_study(spec: Spec, name: str) -> bool:
     storage = open_storage(spec.storage, Path(os.devnull))
     try:
         optuna.create_study(
-            storage=storage, study_name=name, direction=spec.objective.resolved_direction
+            storage=storage, study_name=name, directions=spec.objective.resolved_directions
         )
     except optuna.exceptions.DuplicatedStudyError:
         return False

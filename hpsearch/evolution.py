@@ -12,8 +12,13 @@ A numeric gene takes a Gaussian step. So does an ordered choice (numbers, hidden
 step to a neighbour mostly, now and then two, where a jump to any option would forget that
 128 units lie between 64 and 256. Other choices jump to any other option.
 
-The sampler reads nothing but the study's trials (params, values, direction), so several
-processes sharing one storage can each ask with their own seeded instance.
+With several objectives (or constraints), the tournament ranks the window as NSGA-II does:
+by non-dominated rank, feasible trials first, then by crowding distance, so the parents spread
+along the front instead of crowding at one end of it.
+
+The sampler reads nothing but the study's trials (params, values, directions and constraint
+values), so several processes sharing one storage can each ask with their own seeded
+instance.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from optuna.distributions import (
     IntDistribution,
 )
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch import pareto
 
 
 class KnownConfigurations:
@@ -94,8 +100,8 @@ class EvolutionSampler(BaseSampler):
         if len(complete) < self.startup:
             return
         recent = sorted(complete, key=lambda t: t.number)[-self.population :]
-        maximize = study.direction == StudyDirection.MAXIMIZE
-        parent = self._select(recent, maximize)
+        directions = [d.name.lower() for d in study.directions]
+        parent = self._select(recent, directions)
         running = self._remember_finished(trials)
         child = self._mutate(parent, genes=1)
         for attempt in range(1, 30):  # every fifth retry changes one gene more
@@ -140,11 +146,31 @@ class EvolutionSampler(BaseSampler):
     ) -> None:
         self._children.pop(trial.number, None)
 
-    def _select(self, recent: list[FrozenTrial], maximize: bool) -> FrozenTrial:
+    def _select(self, recent: list[FrozenTrial], directions: list[str]) -> FrozenTrial:
         size = min(self.tournament, len(recent))
-        picked = [recent[i] for i in self._rng.choice(len(recent), size, replace=False)]
-        sign = -1.0 if maximize else 1.0
-        return min(picked, key=lambda t: (sign * t.value, t.number))
+        chosen = self._rng.choice(len(recent), size, replace=False)
+        if len(directions) == 1 and not any(t.constraints for t in recent):
+            sign = -1.0 if directions[0] == "maximize" else 1.0
+            return min((recent[i] for i in chosen), key=lambda t: (sign * t.value, t.number))
+        order = self._standing(recent, directions)
+        return recent[min(chosen, key=lambda i: (order[i], recent[i].number))]
+
+    def _standing(self, trials: list[FrozenTrial], directions: list[str]) -> list[int]:
+        """Each trial's place in the window: by constrained non-dominated rank, then by
+        crowding distance within its rank (more room first)."""
+        violations = [sum(max(0.0, c) for c in t.constraints.values()) for t in trials]
+        points = [t.values for t in trials]
+        rank = pareto.ranks(points, directions, violations)
+        room = [0.0] * len(trials)
+        for level in set(rank):
+            members = [i for i in range(len(trials)) if rank[i] == level]
+            for i, d in zip(members, pareto.crowding([points[i] for i in members]), strict=True):
+                room[i] = d
+        ranked = sorted(range(len(trials)), key=lambda i: (rank[i], -room[i], trials[i].number))
+        place = [0] * len(trials)
+        for position, i in enumerate(ranked):
+            place[i] = position
+        return place
 
     def _mutate(self, parent: FrozenTrial, genes: int) -> dict[str, Any]:
         """The parent's params with `genes` of them (chosen at random) changed."""

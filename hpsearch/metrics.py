@@ -9,7 +9,8 @@ unexplained), so the bias/variance arithmetic applies to it too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,14 @@ from torch import nn
 
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
-from hpsearch.spec import CLASSIFICATION_METRICS, REGRESSION_METRICS, Spec
+from hpsearch.spec import (
+    CLASSIFICATION_METRICS,
+    COST_METRICS,
+    REGRESSION_METRICS,
+    ObjectiveSpec,
+    Pick,
+    Spec,
+)
 
 CLASSIFICATION_LOSSES = ("cross_entropy", "bce", "mse", "l2", "l1", "huber")
 REGRESSION_LOSSES = ("mse", "l2", "l1", "huber")
@@ -36,13 +44,36 @@ def resolve_loss(loss: str, task: str) -> str:
     return loss
 
 
-def check_objective_metric(metric: str, task: str) -> None:
-    allowed = REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
-    if metric.removeprefix("dev_") not in allowed:
-        options = ", ".join(f"dev_{m}" for m in allowed)
-        raise InputError(
-            f"objective.metric: '{metric}' does not fit a {task} task; allowed: {options}"
+def check_objective_metric(metric: str, task: str, key: str = "objective.metric") -> None:
+    allowed = allowed_metrics(task)
+    if metric not in COST_METRICS and metric.removeprefix("dev_") not in allowed:
+        options = ", ".join([*(f"dev_{m}" for m in allowed), *COST_METRICS])
+        raise InputError(f"{key}: '{metric}' does not fit a {task} task; allowed: {options}")
+
+
+def check_objective(objective: ObjectiveSpec, task: str) -> None:
+    """Every metric the objective names (its metrics, constraints and pick rule) is one a
+    trial of this task records: dev_* metrics of the task, train_* ones, or a cost."""
+    key = "objective.metrics" if objective.several else "objective.metric"
+    for name in objective.names:
+        check_objective_metric(name, task, key)
+    named = [(f"objective.constraints: {b}", b.metric) for b in objective.bounds]
+    if isinstance(objective.pick, Pick):
+        named += [(f"objective.pick: {b}", b.metric) for b in objective.pick.bounds]
+        if objective.pick.best:
+            named.append(("objective.pick.best", objective.pick.best))
+    for where, metric in named:
+        split, _, base = metric.partition("_")
+        if metric in COST_METRICS or (split in ("dev", "train") and base in allowed_metrics(task)):
+            continue
+        options = ", ".join(
+            [*(f"{s}_{m}" for s in ("dev", "train") for m in allowed_metrics(task)), *COST_METRICS]
         )
+        raise InputError(f"{where}: no trial metric '{metric}'; metrics: {options}")
+
+
+def allowed_metrics(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
 
 
 def example_losses(loss: str, outputs: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -235,3 +266,41 @@ def squared_error_spread(
     model.train(was_training)
     squared = (outputs[:, 0] - device_split.y).pow(2)
     return float(squared.std())
+
+
+INFERENCE_ROWS = 1000  # inference_ms: milliseconds to predict this many rows
+
+
+@torch.inference_mode()
+def inference_ms(model: nn.Module, X: torch.Tensor, repeats: int = 5) -> float:
+    """Milliseconds one model takes to predict INFERENCE_ROWS rows (the given rows repeated
+    as needed, so a small dev set is timed at the same size), the fastest of `repeats`."""
+    rows = X[torch.arange(INFERENCE_ROWS, device=X.device) % X.shape[0]]
+    was_training = model.training
+    model.eval()
+    cuda = rows.device.type == "cuda"
+    times = []
+    for _ in range(repeats + 1):  # the first call warms up
+        started = time.perf_counter()
+        predict(model, rows)
+        if cuda:
+            torch.cuda.synchronize(rows.device)
+        times.append(time.perf_counter() - started)
+    model.train(was_training)
+    return 1000.0 * min(times[1:])
+
+
+def cost_metrics(
+    model: nn.Module, X: torch.Tensor, seconds: float, wanted: Collection[str]
+) -> dict[str, float]:
+    """The cost metrics `wanted` (spec.COST_METRICS) of a trained model: its parameters
+    (frozen ones too: the size of the model), training seconds, and inference_ms on rows
+    like `X`."""
+    costs: dict[str, float] = {}
+    if "n_params" in wanted:
+        costs["n_params"] = float(sum(p.numel() for p in model.parameters()))
+    if "train_seconds" in wanted:
+        costs["train_seconds"] = float(seconds)
+    if "inference_ms" in wanted and X.shape[0]:
+        costs["inference_ms"] = inference_ms(model, X)
+    return costs

@@ -24,8 +24,9 @@ import torch
 
 from hpsearch.data import Dataset, Split
 from hpsearch.errors import InputError
-from hpsearch.metrics import prefixed, score_split, squared_error_spread
+from hpsearch.metrics import cost_metrics, prefixed, score_split, squared_error_spread
 from hpsearch.outcome import Reason, TrialOutcome, TrialState
+from hpsearch.pareto import objective_values
 from hpsearch.remedies import resampling_info
 from hpsearch.runs import (
     RunFolder,
@@ -93,8 +94,9 @@ def rerank_seed(seed: int, k: int) -> int:
 
 
 def objective_value(spec: Spec, metrics: dict[str, float]) -> float | None:
-    value = metrics.get(spec.objective.metric)
-    return value if value is not None and math.isfinite(value) else None
+    """The (first) objective's value; None unless every objective metric is finite."""
+    values = objective_values(spec.objective, metrics)
+    return values[0] if values else None
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -211,13 +213,24 @@ def _failure_reason(exc: BaseException, folder: Path) -> str:
 
 
 def _settle(
-    spec: Spec, folder: TrialFolder, outcome: TrialOutcome, result: TrainResult, stack: int
+    spec: Spec,
+    data: Dataset,
+    folder: TrialFolder,
+    outcome: TrialOutcome,
+    result: TrainResult,
+    stack: int,
+    seconds: float,
 ) -> None:
-    """Copy a finished training into the outcome and save the model."""
+    """Copy a finished training into the outcome (with the costs the objective names: see
+    metrics.cost_metrics) and save the model."""
     if result.state != TrialState.FAILED:
         save_torch(result.model.state_dict(), folder.model)
     outcome.state, outcome.reason = TrialState(result.state), result.reason
-    outcome.metrics = result.metrics
+    outcome.metrics = dict(result.metrics)
+    if spec.objective.costs and result.state != TrialState.FAILED:
+        model = result.model
+        rows = torch.as_tensor(data.splits["dev"].X, device=next(model.parameters()).device)
+        outcome.metrics.update(cost_metrics(model, rows, seconds, spec.objective.costs))
     outcome.best_epoch = result.best_epoch
     outcome.epochs_run = result.epochs_run
     outcome.stopped_early = result.stopped_early
@@ -226,7 +239,9 @@ def _settle(
         for event in result.history
         if event.get("event") == "rescue"
     ]
-    outcome.value = objective_value(spec, result.metrics)
+    outcome.value = objective_value(spec, outcome.metrics)
+    if spec.objective.several and outcome.value is not None:
+        outcome.values = objective_values(spec.objective, outcome.metrics)
     outcome.stack = stack
 
 
@@ -295,8 +310,9 @@ def run_stack(
                 command=command,
             )
             results = train(members, data, hooks, device)
+        seconds = time.perf_counter() - started
         for job, outcome, result in zip(jobs, outcomes, results, strict=True):
-            _settle(spec, run.trial(job.number), outcome, result, stack=len(jobs))
+            _settle(spec, data, run.trial(job.number), outcome, result, len(jobs), seconds)
     except InputError:
         raise
     except Exception as exc:

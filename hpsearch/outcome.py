@@ -68,7 +68,7 @@ class TrialOutcome:
     reason: str | None  # a Reason, possibly with a detail (see Reason.detailed)
     params: dict[str, Any]
     seed: int
-    value: float | None = None  # the objective metric of the final model
+    value: float | None = None  # the objective metric of the final model (the first one)
     metrics: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
     epochs_run: int = 0
@@ -80,6 +80,7 @@ class TrialOutcome:
     rerank_of: int | None = None  # search.rerank: the trial whose configuration this re-trains
     # panda's rescues: {epoch, reason, lr} each, the lr being what training went on with
     rescues: list[dict[str, Any]] = field(default_factory=list)
+    values: list[float] | None = None  # with several objectives: each one's value, in order
 
     def __post_init__(self) -> None:
         self.state = TrialState(self.state)  # from JSON: plain text

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.runs import RunFolder, read_json, read_jsonl
-from hpsearch.spec import ParamSpec, load_spec
+from hpsearch.spec import ObjectiveSpec, ParamSpec, load_spec
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,16 +39,32 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 
 def rank_trials(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Complete trials with a value, best first in the objective's direction; ties go to the
-    lower dev loss, then to the earliest (as `summary.ranked_outcomes` ranks them)."""
-    sign = -1.0 if summary["objective"]["direction"] == "maximize" else 1.0
+    """Complete trials with a value, best first, as `summary.ranked_outcomes` ranks them:
+    within the objective's constraints first; with several objectives, the picked trial and
+    then the rest of the Pareto front first; then by the (first) objective in its direction;
+    ties go to the lower dev loss, then to the earliest."""
+    objective = summary["objective"]
+    sign = -1.0 if objective["direction"] == "maximize" else 1.0
+    bounds = ObjectiveSpec(constraints=objective.get("constraints") or []).bounds
+    on_front = {entry["trial"] for entry in summary.get("front") or []}
+    picked = (summary.get("pick") or {}).get("trial")
     scored = [
         t for t in summary["trials"] if t["state"] == "complete" and t.get("value") is not None
     ]
 
-    def rank(t: dict[str, Any]) -> tuple[float, float, int]:
-        dev_loss = (t.get("metrics") or {}).get("dev_loss")
-        return (sign * t["value"], math.inf if dev_loss is None else dev_loss, t["number"])
+    def rank(t: dict[str, Any]) -> tuple[bool, bool, float, float, float, int]:
+        metrics = t.get("metrics") or {}
+        outside = sum(max(0.0, b.violation(metrics)) for b in bounds)
+        dev_loss = metrics.get("dev_loss")
+        behind = bool(on_front) and t["number"] not in on_front
+        return (
+            t["number"] != picked if picked is not None else False,
+            behind,
+            outside,
+            sign * t["value"],
+            math.inf if dev_loss is None else dev_loss,
+            t["number"],
+        )
 
     return sorted(scored, key=rank)
 
@@ -139,6 +155,43 @@ def running_best(trials: list[dict[str, Any]], maximize: bool) -> list[tuple[int
         if best is not None:
             steps.append((trial["number"], best))
     return steps
+
+
+def front_figure(summary: Mapping[str, Any]) -> Figure | None:
+    """Several objectives: every complete trial by its first two objectives, the Pareto front
+    as a step line through its trials, and the picked trial marked."""
+    objective = summary["objective"]
+    names, directions = objective.get("metrics"), objective.get("directions")
+    front = summary.get("front") or []
+    if not names or not front:
+        return None
+    x_name, y_name = names[:2]
+    points = [
+        (t["metrics"][x_name], t["metrics"][y_name], t["number"])
+        for t in summary["trials"]
+        if t["state"] == "complete" and {x_name, y_name} <= (t.get("metrics") or {}).keys()
+    ]
+    figure, ax = _new_axes()
+    xs, ys, _ = zip(*points, strict=True)
+    ax.scatter(xs, ys, color="tab:gray", alpha=0.6, label="trial", zorder=2)
+    on_front = sorted((e["values"][0], e["values"][1]) for e in front)
+    fx, fy = zip(*on_front, strict=True)
+    ax.step(fx, fy, where="post", color="tab:blue", alpha=0.5, zorder=3)
+    ax.scatter(fx, fy, color="tab:blue", label="Pareto front", zorder=4)
+    picked = (summary.get("pick") or {}).get("trial")
+    chosen = [(x, y) for x, y, number in points if number == picked]
+    if chosen:
+        ax.scatter(*chosen[0], marker="*", s=260, color="tab:red", label="picked", zorder=5)
+    if y_name in ("n_params", "inference_ms", "train_seconds"):
+        ax.set_yscale("log")
+    x_way, y_way = directions[0], directions[1]
+    ax.set(
+        xlabel=f"{x_name} ({x_way})",
+        ylabel=f"{y_name} ({y_way})",
+        title=f"Pareto front: {x_name} against {y_name}",
+    )
+    _legend_outside(ax)
+    return figure
 
 
 def best_so_far_figure(summary: Mapping[str, Any]) -> Figure | None:
@@ -357,7 +410,11 @@ def importance_figure(run: RunFolder, study_name: str | None) -> Figure | None:
         )
         # no name: the journal's only study
         study = optuna.load_study(study_name=study_name, storage=storage)
-        scores = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        several = len(study.directions) > 1  # importance for the first objective
+        target = (lambda t: t.values[0]) if several else None
+        scores = get_param_importances(
+            study, evaluator=FanovaImportanceEvaluator(seed=0), target=target
+        )
         complete = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     except Exception:
         return None
@@ -378,9 +435,10 @@ def importance_figure(run: RunFolder, study_name: str | None) -> Figure | None:
 def write_plots(run: RunFolder, top: int = 5) -> dict[str, Path]:
     """Draw every plot that applies to the run into `run.report_dir`; returns name -> PNG path.
 
-    A search gets: best_so_far, learning_curves (the `top` trials), param_<path> per searched
-    parameter, parallel_coordinates (2+ parameters) and importance (2+ parameters, 4+ complete
-    trials, a journal file). One model (no search) gets its learning curve only.
+    A search gets: pareto_front (several objectives), best_so_far, learning_curves (the `top`
+    trials), param_<path> per searched parameter, parallel_coordinates (2+ parameters) and
+    importance (2+ parameters, 4+ complete trials, a journal file). One model (no search) gets
+    its learning curve only.
     """
     summary = read_json(run.summary)
     spec = load_spec(run.spec)
@@ -388,6 +446,8 @@ def write_plots(run: RunFolder, top: int = 5) -> dict[str, Path]:
     ranked = rank_trials(summary)
     top_numbers = [t["number"] for t in ranked[:top]]
     plans: list[tuple[str, Callable[[], Figure | None]]] = []
+    if summary.get("front"):
+        plans.append(("pareto_front", partial(front_figure, summary)))
     if space:
         plans.append(("best_so_far", partial(best_so_far_figure, summary)))
     plans.append(("learning_curves", partial(learning_curves_figure, run, top_numbers)))

@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.text import Text
 
 from hpsearch.outcome import TrialOutcome, TrialState
+from hpsearch.spec import COST_METRICS
 from hpsearch.summary import SearchStatus, clock
 
 MAX_ROWS = 12  # running trials shown in the live view; the rest are counted on one line
@@ -72,6 +73,9 @@ def outcome_text(outcome: TrialOutcome) -> str:
         variance = round(metrics["dev_error"] - metrics["train_error"], 4) + 0.0
         parts.append(f"variance {variance:+.4f}")
     parts.append(f"best epoch {outcome.best_epoch}/{outcome.epochs_run}")
+    for key in COST_METRICS:  # measured when the objective names one
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]:.4g}")
     if outcome.params:
         parts.append(", ".join(_param_text(k, v, outcome) for k, v in outcome.params.items()))
     for event in outcome.rescues:
@@ -249,7 +253,9 @@ class LiveView:
         counts = ", ".join(f"{n} {s}" for s, n in status.counts.items() if n) or "none finished"
         words = [f" {status.done}/{total or '?'} trials", counts]
         if status.best_value is not None:
-            words.append(f"best {status.best_value:.4g} (trial {status.best_trial})")
+            words.append(f"{status.best_word} {status.best_value:.4g} (trial {status.best_trial})")
+        if status.front is not None:
+            words.append(f"front {status.front}")
         words.append(f"elapsed {clock(elapsed)}")
         eta = _eta(elapsed, done - status.done_before, total - done) if total else None
         if eta is not None:

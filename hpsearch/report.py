@@ -332,11 +332,62 @@ def header_rows(report: Report) -> list[tuple[str, str]]:
         ("search", f"{strategy}, {s.get('mode')} mode" if strategy else "none (one model)"),
         ("state", live_state(report.run, s.get("state", "—"))),
         ("trials", trial_counts(report)),
-        ("objective", f"{report.direction} {report.metric}"),
+        ("objective", objective_text(report.summary["objective"])),
+        *(
+            [("constraints", ", ".join(report.summary["objective"]["constraints"]))]
+            if report.summary["objective"].get("constraints")
+            else []
+        ),
         ("wall time", _duration(report.wall_seconds)),
         ("device", report.device or "—"),
         *remedy_rows(report),
     ]
+
+
+def objective_text(objective: dict[str, Any]) -> str:
+    """'minimize dev_error', or with several objectives each one's direction and the pick."""
+    if not objective.get("metrics"):
+        return f"{objective['direction']} {objective['metric']}"
+    pairs = zip(objective["directions"], objective["metrics"], strict=True)
+    both = ", ".join(f"{way} {name}" for way, name in pairs)
+    return f"{both} (Pareto front; pick: {objective['pick']})"
+
+
+def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Several objectives: the non-dominated trials with their objective values (the
+    picked one marked), in the order of the first objective."""
+    names = report.summary["objective"].get("metrics") or []
+    front = sorted(report.summary.get("front") or [], key=lambda e: (e["values"][0], e["trial"]))
+    picked = (report.summary.get("pick") or {}).get("trial")
+    head = ["trial", *names, *_column_names(report.varied), "pick"]
+    columns = [_column_cells([e["params"].get(p, "—") for e in front]) for p in report.varied]
+    rows = []
+    for index, entry in enumerate(front):
+        values = [
+            _objective_cell(report, n, v) for n, v in zip(names, entry["values"], strict=True)
+        ]
+        mark = "picked" if entry["trial"] == picked else ""
+        rows.append([str(entry["trial"]), *values, *(c[index] for c in columns), mark])
+    return head, rows
+
+
+def _objective_cell(report: Report, name: str, value: float) -> str:
+    if name.endswith("_error"):
+        return report.format_error(value)
+    return _metric_cell({name: value}, name)
+
+
+def front_lines(report: Report) -> list[str]:
+    pick = report.summary.get("pick") or {}
+    names = report.summary["objective"].get("metrics") or []
+    count = len(report.summary.get("front") or [])
+    lines = [
+        f"{count} trial{'s' * (count != 1)} on the front of {' and '.join(names)}: no other "
+        "trial is at least as good in every objective and better in one"
+    ]
+    if pick:
+        lines.append(f"picked trial {pick['trial']} by: {pick['rule']}")
+    return lines
 
 
 def remedy_rows(report: Report) -> list[tuple[str, str]]:
@@ -397,7 +448,8 @@ def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The ranked trials: their searched parameters, train and dev error (and the objective
     when it is not the dev error). Parameters are headed by their last key (train.lr -> lr)."""
     names = _column_names(report.varied)
-    extra = [] if report.metric == "dev_error" else [report.metric]
+    objectives = report.summary["objective"].get("metrics") or [report.metric]
+    extra = [m for m in objectives if m not in ("train_error", "dev_error")]
     head = ["rank", "trial", *names, "train error", "dev error", *extra]
     columns = [
         _column_cells([t["params"].get(p, "—") for t in report.ranked]) for p in report.varied
@@ -412,10 +464,17 @@ def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
                 *(cells[position - 1] for cells in columns),
                 report.format_error(metrics.get("train_error")),
                 report.format_error(metrics.get("dev_error")),
-                *(short_number(float(trial["value"])) for _ in extra),
+                *(_metric_cell({**metrics, report.metric: trial["value"]}, n) for n in extra),
             ]
         )
     return head, rows
+
+
+def _metric_cell(metrics: dict[str, Any], name: str) -> str:
+    value = metrics.get(name)
+    if value is None:
+        return "—"
+    return f"{int(value):,}" if name == "n_params" else short_number(float(value))
 
 
 def _column_cells(values: list[Any]) -> list[str]:
@@ -446,7 +505,10 @@ def _column_names(paths: list[str]) -> list[str]:
 
 
 def _top_title(report: Report, shown: int) -> str:
-    return f"Top {shown} trial{'s' if shown != 1 else ''} by {report.metric}"
+    trials = f"Top {shown} trial{'s' if shown != 1 else ''}"
+    if report.summary.get("front"):
+        return f"{trials}: the picked one, the rest of the front, then by {report.metric}"
+    return f"{trials} by {report.metric}"
 
 
 def best_lines(report: Report) -> list[str]:
@@ -464,8 +526,10 @@ def best_lines(report: Report) -> list[str]:
             f"dev error 95% interval (Wilson): {low:.2%} – {high:.2%} "
             f"on {report.dev_size} dev examples"
         )
-    if report.metric not in ("train_error", "dev_error", "test_error"):
-        lines.append(f"{report.metric}: {short_number(float(best['value']))}")
+    objectives = report.summary["objective"].get("metrics") or [report.metric]
+    for name in objectives:
+        if name not in ("train_error", "dev_error", "test_error") and name in metrics:
+            lines.append(f"{name}: {short_number(float(metrics[name]))}")
     for event in report.rescued.get(best["trial"], []):
         lines.append(
             f"rescued at epoch {event['epoch']} ({event['reason']}): rolled back to its best "
@@ -621,6 +685,10 @@ def render_console(report: Report, console: Console) -> None:
     console.print(grid)
     head, rows = trial_table(report)
     console.print(_rich_table(_top_title(report, len(rows)), head, rows))
+    if report.summary.get("front"):
+        console.rule("Pareto front")
+        console.print(_rich_table(None, *front_rows(report)))
+        _print_lines(console, front_lines(report))
     console.rule("best trial")
     _print_lines(console, best_lines(report))
     console.print(_settings_tables(report))
@@ -694,6 +762,9 @@ def render_markdown(report: Report) -> str:
     out = [f"# hpsearch report: {report.summary['name']}", ""]
     out += [f"- **{key}**: {_md(value)}" for key, value in header_rows(report)]
     out += ["", f"## {_top_title(report, len(rows))}", "", *_md_table(head, rows)]
+    if report.summary.get("front"):
+        out += ["", "## Pareto front", "", *_md_table(*front_rows(report))]
+        out += ["", *(f"- {_md(x)}" for x in front_lines(report))]
     out += ["", "## Best trial", "", *(f"- {_md(x)}" for x in best_lines(report))]
     out += ["", *_md_table(["setting (* searched)", "value"], settings)]
     out += ["", "## Diagnosis", "", *(f"- {_md(x)}" for x in diagnosis_lines(report))]
@@ -743,6 +814,8 @@ figcaption{color:#555;font-size:14px}
 """
 
 _CAPTIONS = {
+    "pareto_front": "Every trial by its first two objectives: the front (blue) is where "
+    "neither can improve without the other getting worse; the star is the picked trial.",
     "best_so_far": "The objective of every trial and the best so far: has the search stopped "
     "improving?",
     "learning_curves": "Train (solid) and dev (dashed) loss per epoch of the top trials: the gap "
@@ -766,6 +839,12 @@ def render_html(report: Report, images: dict[str, Path]) -> str:
         "</dl>",
         f"<h2>{esc(_top_title(report, len(rows)))}</h2>",
         _html_table(head, rows),
+        *(
+            ["<h2>Pareto front</h2>", _html_table(*front_rows(report))]
+            + [_html_list(front_lines(report))]
+            if report.summary.get("front")
+            else []
+        ),
         "<h2>Best trial</h2>",
         _html_list(best_lines(report)),
         _settings_html(report),

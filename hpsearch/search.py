@@ -94,7 +94,7 @@ class Search:
             sampler=make_sampler(self.search, spec.seed),
             pruner=make_pruner(self.search, spec.train.epochs),
             study_name=study_name,
-            direction=spec.objective.resolved_direction,
+            directions=spec.objective.resolved_directions,
             load_if_exists=True,
         )
         self.live = LiveSummary(
@@ -178,9 +178,9 @@ class Search:
             index,
             previous=space_from_description(self.params, rounds[-1]["space"]) if rounds else None,
             finished=[
-                (self.decode(t.params), t.value)
+                (self.decode(t.params), t.values[0])
                 for t in trials
-                if t.state == TrialState.COMPLETE and t.value is not None
+                if t.state == TrialState.COMPLETE and t.values
             ],
             tried=[self.decode(t.params) for t in trials],
             budget=budgets[index],
@@ -254,7 +254,10 @@ class Search:
             deadline=self.deadline,
             review=self.reviewer if self.search.mode == "panda" else None,
             gpu=pinned_gpu(self.device, worker),
-            stack=stack_for(self.search, room, workers, database),
+            # a trial timed for train_seconds trains alone: a stack shares its time
+            stack=1
+            if "train_seconds" in self.spec.objective.costs
+            else stack_for(self.search, room, workers, database),
         )
 
     def fail_trials_of(self, pid: int) -> None:

@@ -5,7 +5,9 @@ Base layer: no torch, no optuna. Everything that reads a spec file goes through 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import math
 import os
 import re
 import types
@@ -38,6 +40,9 @@ DEFAULT_HIDDEN = [64, 64]
 CLASSIFICATION_METRICS = ("loss", "error", "accuracy", "precision", "recall", "f1")
 REGRESSION_METRICS = ("loss", "error", "mse", "mae", "r2")
 MAXIMIZED_METRICS = ("accuracy", "precision", "recall", "f1", "r2")
+# What a trained model costs, measured after training when the objective names one: its
+# trainable parameters, its training's wall time, and milliseconds per 1,000 rows predicted.
+COST_METRICS = ("n_params", "train_seconds", "inference_ms")
 ObjectiveMetric = Literal[
     "dev_loss",
     "dev_error",
@@ -48,6 +53,9 @@ ObjectiveMetric = Literal[
     "dev_mse",
     "dev_mae",
     "dev_r2",
+    "n_params",
+    "train_seconds",
+    "inference_ms",
 ]
 
 
@@ -272,15 +280,143 @@ class TrainSpec(Strict):
     early_stopping: EarlyStopping | None = EarlyStopping()
 
 
+Direction = Literal["minimize", "maximize"]
+_BOUND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*$")
+
+
+def default_direction(metric: str) -> str:
+    return "maximize" if metric.removeprefix("dev_") in MAXIMIZED_METRICS else "minimize"
+
+
+class Bound(BaseModel):
+    """One constraint, `metric <= limit` or `metric >= limit`, on a trial's final metrics."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    limit: float
+
+    def violation(self, metrics: dict[str, float]) -> float:
+        """How far a trial is outside the bound (<= 0: inside); a missing metric is outside."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value):
+            return math.inf
+        return value - self.limit if self.op == "<=" else self.limit - value
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.limit:g}"
+
+
+class Pick(Strict):
+    """Which trial of the Pareto front is scored on test and diagnosed: `knee` (the front's
+    trial nearest the ideal point once each objective is scaled to 0..1 over the front), or
+    the best by `best` (default: the first objective) among front trials within `max` / `min`
+    bounds, e.g. {max: {n_params: 100000}}."""
+
+    best: ObjectiveMetric | None = None
+    max: dict[str, float] = Field(default_factory=dict)
+    min: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def bounds(self) -> list[Bound]:
+        return [Bound(metric=m, op="<=", limit=v) for m, v in self.max.items()] + [
+            Bound(metric=m, op=">=", limit=v) for m, v in self.min.items()
+        ]
+
+
 class ObjectiveSpec(Strict):
+    """One objective (`metric`, `direction`) or several (`metrics`, `directions`): a search
+    over several finds their Pareto front and scores the trial that `pick` names."""
+
     metric: ObjectiveMetric = "dev_error"
-    direction: Literal["minimize", "maximize"] | None = None
+    direction: Direction | None = None
+    metrics: list[ObjectiveMetric] | None = Field(None, min_length=2)
+    directions: list[Direction] | None = None
+    pick: Literal["knee"] | Pick = "knee"
+    # "n_params <= 1e5": trials outside are infeasible (samplers steer away; never picked)
+    constraints: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_metric_is_the_metric(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("metrics"), list) and raw["metrics"]:
+            first = raw["metrics"][0]
+            # a written-out spec repeats the first metric as `metric`; anything else is a clash
+            if raw.get("metric", first) != first or raw.get("direction") is not None:
+                raise ValueError(
+                    "give metric (and direction) for one objective, or metrics (and "
+                    "directions) for several, not both"
+                )
+            raw = {**raw, "metric": first}
+        return raw
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ObjectiveSpec:
+        if self.metrics is not None:
+            if len(set(self.metrics)) != len(self.metrics):
+                raise ValueError("metrics: each metric once")
+            if self.directions is not None and len(self.directions) != len(self.metrics):
+                raise ValueError(
+                    f"directions: {len(self.directions)} given for {len(self.metrics)} metrics"
+                )
+        elif self.directions is not None:
+            raise ValueError("directions go with metrics (a list); for one metric: direction")
+        if self.pick != "knee" and self.metrics is None:
+            raise ValueError("pick chooses among several objectives; give metrics: [...]")
+        self.bounds  # noqa: B018  (parses every constraint now, so a typo is a spec error)
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The objective metrics, in order (one for a single objective)."""
+        return list(self.metrics) if self.metrics is not None else [self.metric]
+
+    @property
+    def resolved_directions(self) -> list[str]:
+        if self.directions is not None:
+            return list(self.directions)
+        if self.metrics is None and self.direction:
+            return [self.direction]
+        return [default_direction(m) for m in self.names]
 
     @property
     def resolved_direction(self) -> str:
-        if self.direction:
-            return self.direction
-        return "maximize" if self.metric.removeprefix("dev_") in MAXIMIZED_METRICS else "minimize"
+        """The (first) objective's direction."""
+        return self.resolved_directions[0]
+
+    @property
+    def several(self) -> bool:
+        return self.metrics is not None
+
+    @property
+    def bounds(self) -> list[Bound]:
+        bounds = []
+        for text in self.constraints:
+            match = _BOUND.match(text)
+            limit = None
+            if match:
+                with contextlib.suppress(ValueError):
+                    limit = float(match.group(3))
+            if match is None or limit is None or not math.isfinite(limit):
+                raise ValueError(
+                    f"constraints: '{text}' is not 'METRIC <= NUMBER' or 'METRIC >= NUMBER' "
+                    "(e.g. 'n_params <= 1e5')"
+                )
+            bounds.append(Bound(metric=match.group(1), op=match.group(2), limit=limit))
+        return bounds
+
+    @property
+    def named_metrics(self) -> set[str]:
+        """Every metric the objective, its constraints and its pick rule read."""
+        named = set(self.names) | {b.metric for b in self.bounds}
+        if isinstance(self.pick, Pick):
+            named |= {b.metric for b in self.pick.bounds}
+            named |= {self.pick.best} if self.pick.best else set()
+        return named
+
+    @property
+    def costs(self) -> set[str]:
+        """The cost metrics (COST_METRICS) the trials must measure."""
+        return self.named_metrics & set(COST_METRICS)
 
 
 # --- search -----------------------------------------------------------------------------------
@@ -448,6 +584,24 @@ class Spec(Strict):
     def located_like(self, other: Spec) -> Spec:
         """This spec, reporting errors at `other`'s file and lines (after CLI overrides)."""
         self._source, self._lines = other._source, other._lines
+        return self
+
+    @model_validator(mode="after")
+    def _objectives_fit_search(self) -> Spec:
+        objective, search = self.objective, self.search
+        if objective.several and search is not None:
+            for key, wanted in (("pruner", "none"), ("refine", None), ("rerank", None)):
+                if getattr(search, key) not in (wanted,):
+                    raise ValueError(
+                        f"search.{key}: it ranks trials by one objective; with several "
+                        f"objectives ({', '.join(objective.names)}) leave search.{key} out"
+                    )
+        stacked = search is not None and isinstance(search.stack, int) and search.stack > 1
+        if stacked and "train_seconds" in objective.named_metrics:
+            raise ValueError(
+                "search.stack: train_seconds times each trial's own training, which a "
+                "stack shares; leave stack out (trials then train one at a time)"
+            )
         return self
 
     @model_validator(mode="after")

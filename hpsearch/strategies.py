@@ -107,7 +107,9 @@ def ask_next(study: optuna.Study) -> optuna.Trial:
 
 def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     """A fresh sampler for the strategy, seeded per proposal. Grid uses the queue; its sampler
-    is never consulted."""
+    is never consulted. TPE and evolution handle several objectives (TPE as Optuna's MOTPE;
+    evolution by non-dominated rank) and steer by the constraint values each trial is told
+    with (see study.tell_outcome)."""
     if search.strategy == "tpe":
         return SeededProposals(lambda s: optuna.samplers.TPESampler(seed=s), seed)
     if search.strategy == "evolution":

@@ -23,7 +23,7 @@ import platform
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import InputError
 from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
 from hpsearch.outcome import TrialState as OutcomeState
+from hpsearch.pareto import front
 from hpsearch.runs import RunFolder, read_json, write_bytes, write_json
+from hpsearch.spec import Bound
 from hpsearch.storage import (
     DatabaseUnreachable,
     Ticker,
@@ -347,15 +349,26 @@ def heartbeat(storage: optuna.storages.BaseStorage, trials: list[optuna.Trial]) 
         thread.join()
 
 
-def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome) -> bool:
-    """Finish a trial in the study, keeping its outcome on it for reports from the database.
-    False when the trial was finished already: the database was away longer than the
-    heartbeat's grace, so another worker failed it and queued its retry."""
+def tell_outcome(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    bounds: Sequence[Bound] = (),
+) -> bool:
+    """Finish a trial in the study, keeping its outcome on it for reports from the database,
+    and how far it lies outside each of the objective's `bounds` (constraint values, which
+    Optuna's samplers and ours steer by). False when the trial was finished already: the
+    database was away longer than the heartbeat's grace, so another worker failed it and
+    queued its retry."""
     try:
         # one storage write per attribute: the reason travels inside the outcome
         trial.set_user_attr(OUTCOME_ATTR, outcome.to_json())
+        if outcome.state != OutcomeState.FAILED:
+            for bound in bounds:
+                violation = min(bound.violation(outcome.metrics), MAX_VIOLATION)
+                trial.set_constraint(str(bound), violation)
         if outcome.state == OutcomeState.COMPLETE and outcome.value is not None:
-            study.tell(trial, outcome.value)
+            study.tell(trial, outcome.values or outcome.value)
         elif outcome.state == OutcomeState.PRUNED:
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -365,16 +378,19 @@ def tell_outcome(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome
     return True
 
 
-def beats_the_study(study: optuna.Study, value: float) -> bool:
-    """Whether `value` is as good as every complete trial's so far (a tie may still win: the
-    best trial is the earliest of equals)."""
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    values = [v for v in values if v is not None]
-    if not values:
+MAX_VIOLATION = 1e300  # a metric a trial lacks: this far outside (a constraint must be finite)
+
+
+def beats_the_study(study: optuna.Study, values: list[float]) -> bool:
+    """Whether objective `values` are as good as every complete trial's so far (a tie may still
+    win: the best trial is the earliest of equals); with several objectives, whether no
+    complete trial dominates them (the trial joins the front the pick is made from)."""
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    points = [t.values for t in done if t.values is not None]
+    if not points:
         return True
-    if study.direction == optuna.study.StudyDirection.MAXIMIZE:
-        return value >= max(values)
-    return value <= min(values)
+    directions = [d.name.lower() for d in study.directions]
+    return len(points) in front([*points, values], directions)
 
 
 def share_weights(trial: optuna.Trial, model: Path) -> None:

@@ -17,6 +17,7 @@ from hpsearch.diagnosis import Sample, diagnose
 from hpsearch.errors import DiskFull, is_disk_full
 from hpsearch.objective import FinalEvaluation
 from hpsearch.outcome import Reason, RunState, TrialOutcome, TrialState
+from hpsearch.pareto import Choice, choose, front_outcomes, pick_rule, violation
 from hpsearch.runs import RunFolder, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
@@ -28,25 +29,62 @@ SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary
 
 
 def ranked_outcomes(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
-    """Complete trials, best first; ties go to the lower dev loss (an error rate ties often on a
-    small dev set), then to the earliest."""
+    """Complete trials, best first: within the objective's constraints first (then the least
+    outside them); with several objectives, the Pareto front first; then by the (first)
+    objective; ties go to the lower dev loss (an error rate ties often on a small dev set),
+    then to the earliest."""
+    objective = spec.objective
     scored = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
-    sign = -1.0 if spec.objective.resolved_direction == "maximize" else 1.0
+    sign = -1.0 if objective.resolved_direction == "maximize" else 1.0
+    on_front = {o.number for o in front_outcomes(objective, scored)} if objective.several else ()
 
-    def rank(o: TrialOutcome) -> tuple[float, float, int]:
-        return (sign * o.value, o.metrics.get("dev_loss", math.inf), o.number)
+    def rank(o: TrialOutcome) -> tuple[bool, float, float, float, int]:
+        behind = objective.several and o.number not in on_front
+        outside = violation(objective, o) if objective.bounds else 0.0
+        return (behind, outside, sign * o.value, o.metrics.get("dev_loss", math.inf), o.number)
 
     return sorted(scored, key=rank)
 
 
 def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | None:
     """The best complete trial: by its objective value, or, once `search.rerank` re-trained
-    the top configurations, the configuration with the best mean over its seeds."""
+    the top configurations, the configuration with the best mean over its seeds; with several
+    objectives, the front's trial that `objective.pick` names."""
+    if spec.objective.several:
+        choice = choose(spec.objective, outcomes)
+        return choice.trial if choice else None
     standings = rerank_standings(spec, outcomes)
     if standings:
         return standings[0].original
     ranked = ranked_outcomes(spec, outcomes)
     return ranked[0] if ranked else None
+
+
+def objective_entry(spec: Spec) -> dict[str, Any]:
+    """The summary's `objective`: the (first) metric and direction, and with several
+    objectives all of them and the pick rule; the constraints when there are any."""
+    objective = spec.objective
+    entry: dict[str, Any] = {
+        "metric": objective.metric,
+        "direction": objective.resolved_direction,
+    }
+    if objective.several:
+        entry["metrics"] = objective.names
+        entry["directions"] = objective.resolved_directions
+        entry["pick"] = pick_rule(objective)
+    if objective.bounds:
+        entry["constraints"] = [str(b) for b in objective.bounds]
+    return entry
+
+
+def front_entry(spec: Spec, outcomes: list[TrialOutcome]) -> list[dict[str, Any]] | None:
+    """With several objectives: the non-dominated trials, each with its objective values."""
+    if not spec.objective.several:
+        return None
+    return [
+        {"trial": o.number, "values": o.values, "params": o.params}
+        for o in front_outcomes(spec.objective, outcomes)
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,6 +183,10 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
     }
 
 
+def choose_of(spec: Spec, outcomes: list[TrialOutcome]) -> Choice | None:
+    return choose(spec.objective, outcomes) if spec.objective.several else None
+
+
 def diagnosis_for(
     spec: Spec, data: Dataset, best: TrialOutcome, final: FinalEvaluation
 ) -> dict[str, Any]:
@@ -216,6 +258,8 @@ def build_summary(
             "value": best.value,
             "metrics": {**best.metrics, **(test_metrics or {})},
         }
+        if best.values is not None:
+            best_entry["values"] = best.values
         if weights is not None:
             best_entry["weights"] = weights
     search = spec.search
@@ -228,15 +272,14 @@ def build_summary(
         "state": str(state),
         "strategy": search.strategy if search else None,
         "mode": search.mode if search else None,
-        "objective": {
-            "metric": spec.objective.metric,
-            "direction": spec.objective.resolved_direction,
-        },
+        "objective": objective_entry(spec),
         "counts": {s.value: counts.get(s, 0) for s in STATES},
         "failure_reasons": dict(Counter(_reason_kind(o) for o in failed)),
         "wall_seconds": round(wall_seconds, 3) if wall_seconds is not None else None,
         "best": best_entry,
         "rerank": [standing.to_dict() for standing in rerank_standings(spec, outcomes)] or None,
+        "front": front_entry(spec, outcomes),
+        "pick": choice.to_dict() if (choice := choose_of(spec, outcomes)) else None,
         "diagnosis": diagnosis,
         "trials": [trial_entry(o) for o in sorted(outcomes, key=lambda o: o.number)],
     }
@@ -282,6 +325,12 @@ class SearchStatus:
     metric: str
     elapsed: float  # seconds since this process started on the search
     done_before: int = 0  # trials a resumed search had finished before this process started
+    front: int | None = None  # several objectives: how many trials are on the Pareto front
+
+    @property
+    def best_word(self) -> str:
+        """'best', or 'picked' where the trial is the front's pick rather than a minimum."""
+        return "best" if self.front is None else "picked"
 
     @property
     def eta(self) -> float | None:
@@ -294,7 +343,10 @@ class SearchStatus:
         counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n)
         parts = [f"[{self.done}/{self.total or '?'}] {counts}"]
         if self.best_value is not None:
-            parts.append(f"best {self.metric} {self.best_value:.4g} (trial {self.best_trial})")
+            value = f"{self.metric} {self.best_value:.4g} (trial {self.best_trial})"
+            parts.append(f"{self.best_word} {value}")
+        if self.front is not None:
+            parts.append(f"front {self.front}")
         parts.append(f"elapsed {clock(self.elapsed)}")
         if self.eta is not None:
             parts.append(f"eta {clock(self.eta)}")
@@ -325,6 +377,7 @@ def search_status(
         metric=spec.objective.metric,
         elapsed=elapsed,
         done_before=done_before,
+        front=len(front_outcomes(spec.objective, outcomes)) if spec.objective.several else None,
     )
 
 

@@ -25,7 +25,7 @@ from hpsearch.data import Dataset
 from hpsearch.errors import InputError
 from hpsearch.metrics import (
     DeviceSplit,
-    check_objective_metric,
+    check_objective,
     evaluate,
     example_losses,
     on_device,
@@ -261,7 +261,7 @@ def train(
         raise ValueError("a stack needs trials that resume from the same epoch and batch")
     device = device or resolve_device(first.device)
     loss_name = resolve_loss(first.train.loss, data.task)
-    check_objective_metric(first.objective.metric, data.task)
+    check_objective(first.objective, data.task)
     models = []
     for member in members:
         torch.manual_seed(member.seed)  # a trial's initial weights come from its seed alone

@@ -279,10 +279,10 @@ def trial_loop(
                     proposals = [(edit, suggest(edit, task.params, task.spec))]
             for group in shape_groups(task.spec, run, proposals):
                 for trial, outcome in train_group(task, run, storage, group, progress):
-                    value = outcome.value
-                    if database and value is not None and beats_the_study(study, value):
+                    values = outcome.values or [outcome.value]
+                    if database and outcome.value is not None and beats_the_study(study, values):
                         share_weights(trial, run.trial(trial.number).model)
-                    counted = tell_outcome(study, trial, outcome)
+                    counted = tell_outcome(study, trial, outcome, task.spec.objective.bounds)
                     told.add(trial.number)
                     if on_finished is not None and counted:
                         on_finished(outcome)

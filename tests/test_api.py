@@ -128,3 +128,68 @@ def test_importing_and_calling_leave_optuna_logging_alone():
         "assert optuna.logging.get_verbosity() == logging.DEBUG, 'changed by a call'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+# --- several values ---------------------------------------------------------------------------
+
+
+def two_costs(params):
+    """A trade-off: one cost falls where the other rises (front: 1e-3 <= lr <= 1e-1)."""
+    x = math.log10(params["lr"])
+    return [(x + 3) ** 2, (x + 1) ** 2]
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "evolution"])
+def test_an_objective_of_two_values_gets_their_front(strategy):
+    space = {"lr": SPACE["lr"]}
+    result = hpsearch.minimize(two_costs, space, strategy=strategy, trials=40, seed=2)
+    complete = [t for t in result.trials if t["state"] == "complete"]
+    assert len(complete) == 40 and all(len(t["value"]) == 2 for t in complete)
+
+    def dominated(a):
+        return any(all(b <= v for b, v in zip(o, a, strict=True)) and o != a for o in points)
+
+    points = [t["value"] for t in complete]
+    assert sorted(t["number"] for t in result.front) == sorted(
+        t["number"] for t in complete if not dominated(t["value"])
+    )
+    inside = [-3 <= math.log10(t["params"]["lr"]) <= -1 for t in result.front]
+    assert sum(inside) >= len(inside) - 2  # only the sample's two ends can lie outside
+    # the best is the front's knee: a balance, near lr = 1e-2
+    assert result.best_value in [t["value"] for t in result.front]
+    assert abs(math.log10(result.best_params["lr"]) + 2) < 0.5
+
+
+def test_a_grid_of_two_values_still_visits_every_point_once():
+    space = {"lr": {"low": 1e-5, "high": 1.0, "log": True, "steps": 6}}
+    result = hpsearch.minimize(two_costs, space, strategy="grid")
+    assert sorted(round(math.log10(t["params"]["lr"])) for t in result.trials) == [
+        -5,
+        -4,
+        -3,
+        -2,
+        -1,
+        0,
+    ]
+    assert sorted(round(math.log10(t["params"]["lr"])) for t in result.front) == [-3, -2, -1]
+
+
+def test_a_first_evaluation_that_fails_still_counts():
+    calls = []
+
+    def flaky(params):
+        calls.append(params)
+        return [math.nan, 0.0] if len(calls) == 1 else two_costs(params)
+
+    result = hpsearch.minimize(flaky, {"lr": SPACE["lr"]}, strategy="random", trials=6)
+    assert [t["state"] for t in result.trials] == ["fail"] + ["complete"] * 5
+    assert result.trials[0]["params"] == calls[0]
+
+
+def test_several_values_refuse_refine_and_a_changing_count():
+    space = {"lr": SPACE["lr"]}
+    with pytest.raises(InputError, match="leave refine out"):
+        hpsearch.minimize(two_costs, space, strategy="random", refine={"rounds": 1, "keep": 0.5})
+    counts = iter([1, 2, 2, 2])
+    with pytest.raises(InputError, match="returned 2 values, but 1 before"):
+        hpsearch.minimize(lambda p: [1.0] * next(counts), space, strategy="random", trials=4)

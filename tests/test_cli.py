@@ -109,6 +109,18 @@ BAD_SPECS.update(
             TINY + "search: {strategy: grid, space: {train.lr: {low: 0.1, high: 1}}}\n",
             "steps",
         ),
+        "pick-unknown-metric": (
+            TINY + "objective: {metrics: [dev_error, n_params], pick: {max: {size: 5}}}\n",
+            "objective.pick: size <= 5",
+        ),
+        "objective-cost-typo": (
+            TINY + "objective: {metrics: [dev_error, n_parms]}\n",
+            "objective.metrics",
+        ),
+        "constraint-unknown-metric": (
+            TINY + "objective: {constraints: ['dev_r2 >= 0.5']}\n",
+            "objective.constraints: dev_r2 >= 0.5",
+        ),
         "refine-with-tpe": (
             TINY + "search: {strategy: tpe, refine: {rounds: 1, keep: 0.5}, "
             "space: {train.lr: {choices: [0.1]}}}\n",

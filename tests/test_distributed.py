@@ -226,3 +226,39 @@ def test_a_password_in_the_query_string_is_masked_everywhere(tmp_path, database)
             assert secret not in path.read_text(errors="replace"), path
     study = optuna.load_study(study_name=json.loads(out)["study"], storage=database)
     assert secret not in json.dumps(study.user_attrs)
+
+
+def test_a_two_objective_study_is_shared_through_the_database(tmp_path, database):
+    spec = spec_file(
+        tmp_path,
+        {
+            "strategy": "tpe",
+            "trials": 8,
+            "workers": 1,
+            "space": {
+                "train.lr": {"low": 1e-3, "high": 1e-1, "log": True},
+                "model.hidden": {"choices": [[4], [16], [64]]},
+            },
+        },
+        epochs=5,
+    )
+    raw = yaml.safe_load(spec.read_text())
+    raw["objective"] = {"metrics": ["dev_error", "n_params"], "constraints": ["n_params <= 5000"]}
+    spec.write_text(yaml.safe_dump(raw))
+    run = hpsearch(
+        "run", spec, "--storage", database, "--study", "mo", "--runs-dir", tmp_path / "a"
+    )
+    worker = hpsearch(
+        "worker", "--storage", database, "--study", "mo", "--runs-dir", tmp_path / "w"
+    )
+    finish(run)
+    finish(worker)
+    done = trials(database, "mo")
+    assert len(done) == 8 and all(len(t.values) == 2 for t in done)
+    assert all("constraints:n_params <= 5000" in t.system_attrs for t in done)
+    from hpsearch.runs import read_json
+
+    summary = read_json(next((tmp_path / "a").iterdir()) / "summary.json")
+    assert summary["pick"]["trial"] == summary["best"]["trial"]
+    assert summary["best"]["metrics"]["n_params"] <= 5000
+    assert summary["best"]["metrics"]["test_error"] is not None

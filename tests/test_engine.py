@@ -567,3 +567,119 @@ def test_rerank_trains_the_top_configurations_with_more_seeds(tmp_path):
     assert means == sorted(means) and summary["best"]["trial"] == standings[0]["trial"]
     again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest"))
     assert again.summary["counts"]["complete"] == 12  # planned once, read back on resume
+
+
+# --- several objectives -----------------------------------------------------------------------
+
+
+def pareto_spec(tmp_path: Path, strategy: str = "evolution", **objective) -> Path:
+    path = spec_file(
+        tmp_path,
+        {
+            "strategy": strategy,
+            "trials": 10,
+            "population": 4,
+            "workers": 1,
+            "space": {
+                "train.lr": {"low": 3e-3, "high": 3e-2, "log": True},
+                "model.hidden": {"choices": [[2], [4], [8], [16], [32]]},
+            },
+        },
+        name=f"pareto-{strategy}",
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["objective"] = {"metrics": ["dev_error", "n_params"], **objective}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def mlp_size(hidden: list[int], inputs: int = 4, outputs: int = 3) -> int:
+    widths = [inputs, *hidden, outputs]
+    return sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+
+
+def dominated(a: list[float], others: list[list[float]]) -> bool:
+    return any(all(o <= v for o, v in zip(b, a, strict=True)) and b != a for b in others)
+
+
+@pytest.mark.parametrize("strategy", ["evolution", "tpe"])
+def test_a_search_over_two_objectives_finds_the_front_and_scores_the_pick(tmp_path, strategy):
+    spec = pareto_spec(tmp_path, strategy, pick={"max": {"n_params": 40}})
+    result = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    summary = result.summary
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert len(complete) == 10
+    for t in complete:  # the size is measured, not guessed
+        assert t["metrics"]["n_params"] == mlp_size(t["params"]["model.hidden"])
+    points = {t["number"]: [t["metrics"]["dev_error"], t["metrics"]["n_params"]] for t in complete}
+    on_front = {entry["trial"] for entry in summary["front"]}
+    assert on_front == {n for n, p in points.items() if not dominated(p, list(points.values()))}
+    # the pick: the lowest dev error among trials of at most 40 parameters, scored on test
+    small = [n for n, p in points.items() if p[1] <= 40]
+    best = summary["best"]
+    assert summary["pick"]["trial"] == best["trial"]
+    assert points[best["trial"]][0] == min(points[n][0] for n in small)
+    # ... which is not simply the lowest dev error of all (the search has bigger, better ones)
+    assert min(p[0] for p in points.values()) < points[best["trial"]][0]
+    assert best["values"] == points[best["trial"]] and "test_error" in best["metrics"]
+    assert summary["diagnosis"] is not None
+    # the study holds both values of every trial
+    assert all(len(t.values) == 2 for t in study_trials(result.run.root) if t.values)
+
+
+def test_the_report_of_two_objectives_draws_and_lists_the_front(tmp_path):
+    spec = pareto_spec(tmp_path)
+    run = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).run
+    shown = _cli("report", str(run.root), "--format", "markdown")
+    out, err = shown.communicate(timeout=120)
+    assert shown.returncode == 0, err
+    text = (run.root / "report" / "report.md").read_text()
+    assert "## Pareto front" in text and "| picked |" in text
+    assert "minimize dev_error, minimize n_params (Pareto front; pick: knee)" in text
+    html = _cli("report", str(run.root), "--format", "html")
+    assert html.wait(timeout=300) == 0
+    assert (run.root / "report" / "pareto_front.png").stat().st_size > 10_000
+    assert "alt='pareto_front'" in (run.root / "report" / "report.html").read_text()
+
+
+def test_a_two_objective_study_resumes_and_extends(tmp_path):
+    spec = pareto_spec(tmp_path)
+    first = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", trials=4))
+    again = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", resume="latest", trials=7))
+    assert again.run.root == first.run.root
+    assert again.summary["counts"]["complete"] == 7
+    values = [t.values for t in study_trials(again.run.root)]
+    assert len(values) == 7 and all(len(v) == 2 for v in values)
+    assert {e["trial"] for e in first.summary["front"]} <= set(range(7))
+    assert again.summary["pick"]["trial"] in {e["trial"] for e in again.summary["front"]}
+
+
+def test_a_constraint_keeps_the_best_trial_within_it(tmp_path):
+    spec = pareto_spec(tmp_path, "tpe")
+    raw = yaml.safe_load(spec.read_text())
+    raw["objective"] = {"metric": "dev_error", "constraints": ["n_params <= 60"]}
+    spec.write_text(yaml.safe_dump(raw))
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert summary["objective"]["constraints"] == ["n_params <= 60"]
+    assert summary["best"]["metrics"]["n_params"] <= 60
+    feasible = [
+        t["value"]
+        for t in summary["trials"]
+        if t["value"] is not None and t["metrics"]["n_params"] <= 60
+    ]
+    assert summary["best"]["value"] == min(feasible)
+
+
+def test_train_seconds_trains_each_trial_alone(tmp_path):
+    spec = pareto_spec(tmp_path, "random")
+    raw = yaml.safe_load(spec.read_text())
+    raw["objective"] = {"metrics": ["dev_error", "train_seconds", "inference_ms"]}
+    raw["search"]["workers"] = 1
+    spec.write_text(yaml.safe_dump(raw))
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    complete = [t for t in summary["trials"] if t["state"] == "complete"]
+    assert {t["stack"] for t in complete} == {1}  # random would stack them otherwise
+    for t in complete:
+        assert 0 < t["metrics"]["train_seconds"] <= t["seconds"] + 1e-6
+        assert t["metrics"]["inference_ms"] > 0
+    assert len(summary["front"][0]["values"]) == 3

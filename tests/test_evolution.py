@@ -180,3 +180,56 @@ def test_an_unordered_choice_jumps_to_any_other():
     options = [512, 16, 128, 32, 256, 64, 8]
     sizes = index_steps(EvolutionSampler(seed=0), options, 64, None)
     assert sizes[0] == 0 and sizes[3] > 0.1 * 2000  # as far as the ends, about as often as 1
+
+
+# --- several objectives, constraints ------------------------------------------------------------
+
+
+def two_objective_study(points, constraints=None, **options):
+    """Complete trials at `points` ((x, y, z), [v1, v2]); `constraints`: each one's value."""
+    sampler = EvolutionSampler(seed=0, **options)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for i, ((x, y, z), values) in enumerate(points):
+        attrs = {}
+        if constraints is not None:
+            attrs = {"constraints:size": constraints[i]}
+        study.add_trial(
+            create_trial(
+                params={"x": x, "y": y, "z": z},
+                distributions=DISTRIBUTIONS,
+                values=values,
+                system_attrs=attrs,
+            )
+        )
+    return study
+
+
+def parents_of(study, asks=40):
+    """Which trial each child copies most genes from (a child changes one gene)."""
+    trials = study.trials
+    parents = Counter()
+    for _ in range(asks):
+        child = ask_params(study)
+        nearest = min(trials, key=lambda t: differing(t.params, child))
+        parents[nearest.number] += 1
+    return parents
+
+
+def test_with_two_objectives_parents_come_from_the_front_spread_along_it():
+    # trials 0-2 are the front (0 and 2 its ends); 3-5 are dominated
+    front = [((0.1, 0.1, 0.1), [1, 9]), ((0.3, 0.3, 0.3), [5, 5]), ((0.5, 0.5, 0.5), [9, 1])]
+    behind = [((0.7, 0.7, 0.7), [6, 6]), ((0.8, 0.8, 0.8), [9, 9]), ((0.9, 0.9, 0.9), [7, 9])]
+    # any 4 of the 6 hold a front trial, so the tournament always crowns one
+    study = two_objective_study(front + behind, population=6, tournament=4, startup=1)
+    parents = parents_of(study)
+    assert set(parents) <= {0, 1, 2}, parents
+    # both ends of the front breed (crowding), not the first by number alone: 2 wins
+    # whenever 0 is not drawn, a third of the time
+    assert parents[0] >= 6 and parents[2] >= 6, parents
+
+
+def test_infeasible_trials_do_not_breed_while_feasible_ones_exist():
+    points = [((0.1, 0.1, 0.1), [1, 1]), ((0.5, 0.5, 0.5), [5, 5]), ((0.9, 0.9, 0.9), [6, 6])]
+    # the best trial lies outside its constraint: the others are bred from instead
+    study = two_objective_study(points, [3.0, 0.0, 0.0], population=3, tournament=3, startup=1)
+    assert set(parents_of(study)) == {1}

@@ -136,6 +136,41 @@ BAD_SPEC_TEXTS = [
         "search.workers",
         id="a-million-workers",
     ),
+    pytest.param(
+        MINIMAL + "objective: {metrics: [dev_error]}\n", "objective.metrics", id="one-of-several"
+    ),
+    pytest.param(
+        MINIMAL + "objective: {metrics: [dev_error, n_params], directions: [minimize]}\n",
+        "directions: 1 given for 2 metrics",
+        id="directions-count",
+    ),
+    pytest.param(
+        MINIMAL + "objective: {metric: dev_loss, metrics: [dev_error, n_params]}\n",
+        "not both",
+        id="metric-and-metrics",
+    ),
+    pytest.param(
+        MINIMAL + "objective: {constraints: [n_params < 5]}\n",
+        "'n_params < 5' is not 'METRIC <= NUMBER'",
+        id="constraint-syntax",
+    ),
+    pytest.param(
+        MINIMAL + "objective: {pick: {max: {n_params: 10}}}\n",
+        "pick chooses among several objectives",
+        id="pick-single",
+    ),
+    pytest.param(
+        MINIMAL + "objective: {metrics: [dev_error, n_params]}\n"
+        "search: {pruner: median, space: {train.lr: {choices: [0.1]}}}\n",
+        "search.pruner",
+        id="pruner-several-objectives",
+    ),
+    pytest.param(
+        MINIMAL + "objective: {metrics: [dev_error, train_seconds]}\n"
+        "search: {stack: 4, space: {train.lr: {choices: [0.1]}}}\n",
+        "search.stack: train_seconds",
+        id="stacked-train-seconds",
+    ),
 ]
 
 
