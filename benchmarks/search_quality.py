@@ -5,13 +5,18 @@ real noisy training). A search is scored by the *true* loss (mean of the 4 seeds
 configuration it finally picks (its best observed value), divided by the table's optimum, so
 1.0 is perfect. Reported: the median over seeds at 50, 100 and 200 evaluations.
 
-`--encoding index` (the default) writes each ordinal setting as an integer range of indices
-into its values; `--encoding choices` writes it as a user would, `{choices: [16, 32, ...]}`,
+Encoding `index` writes each ordinal setting as an integer range of indices
+into its values; encoding `choices` writes it as a user would, `{choices: [16, 32, ...]}`,
 and leaves its order for hpsearch to find (`hpsearch.space.Param.ordered`).
 
     pip install -e ".[bench]"
-    python benchmarks/search_quality.py [--seeds 10] [--first-seed 0] [--encoding choices]
-        [--datasets naval_propulsion ...] [--strategies "hpsearch evolution" "optuna tpe"]
+    python benchmarks/search_quality.py [--seeds 10] [--first-seed 0] [--encodings index choices]
+        [--held-out-seed 1000] [--datasets naval_propulsion ...]
+        [--strategies "hpsearch evolution" "optuna tpe"]
+
+Every run prints the development tables (the two data sets the settings were chosen on) and
+held-out tables (seeds from --held-out-seed on, all four data sets), each with both encodings,
+then every cell where evolution's median is above TPE's.
 """
 
 from __future__ import annotations
@@ -196,6 +201,45 @@ def wins(ours: list[float], theirs: list[float]) -> str:
     return f"{below} of {untied}"
 
 
+DEVELOPMENT = ("naval_propulsion", "parkinsons_telemonitoring")
+HELD_OUT_SEED = 1000  # settings were chosen on seeds 0-299: seeds from here on were never used
+
+
+def print_tables(results: dict[str, dict[int, list[float]]], dataset: str) -> None:
+    print(f"| {dataset} | " + " | ".join(f"{b} evals" for b in BUDGETS) + " |")
+    print("|---|" + "---|" * len(BUDGETS))
+    for name, scores in results.items():
+        medians = [statistics.median(scores[b]) for b in BUDGETS]
+        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
+    if {"hpsearch evolution", "hpsearch tpe"} <= results.keys():
+        evolution, tpe = results["hpsearch evolution"], results["hpsearch tpe"]
+        print(
+            "\nevolution below hpsearch tpe on "
+            + ", ".join(f"{wins(evolution[b], tpe[b])} seeds at {b}" for b in BUDGETS)
+            + " (ties left out)"
+        )
+    print()
+
+
+def verdicts(everything: dict[str, Any]) -> list[str]:
+    """Each cell where hpsearch evolution's median is above hpsearch tpe's, and by how much."""
+    lines = []
+    for part, by_encoding in everything.items():
+        for encoding, by_dataset in by_encoding.items():
+            for dataset, results in by_dataset.items():
+                if not {"hpsearch evolution", "hpsearch tpe"} <= results.keys():
+                    continue
+                for budget in BUDGETS:
+                    evo = statistics.median(results["hpsearch evolution"][budget])
+                    tpe = statistics.median(results["hpsearch tpe"][budget])
+                    if evo > tpe:
+                        lines.append(
+                            f"{part}, {encoding}, {dataset}, {budget} evals: evolution "
+                            f"{evo:.3f} vs tpe {tpe:.3f} (+{evo - tpe:.3f})"
+                        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -207,42 +251,55 @@ def main() -> None:
     parser.add_argument(
         "--datasets",
         nargs="+",
-        default=["naval_propulsion", "parkinsons_telemonitoring"],
+        default=list(DEVELOPMENT),
         choices=sorted(DATASETS),
+        help="the development sets (default: the two the settings were chosen on)",
     )
-    parser.add_argument("--encoding", choices=("index", "choices"), default="index")
+    parser.add_argument(
+        "--encodings", nargs="+", choices=("index", "choices"), default=["index", "choices"]
+    )
+    parser.add_argument(
+        "--held-out-seed",
+        type=int,
+        default=HELD_OUT_SEED,
+        help="first seed of the held-out tables (every data set); -1 leaves them out",
+    )
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=None)
     parser.add_argument("--scores", help="also write every seed's score to this JSON file")
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    parts = {"development": (seeds, args.datasets)}
+    if args.held_out_seed >= 0:
+        held = range(args.held_out_seed, args.held_out_seed + args.seeds)
+        parts["held out"] = (held, list(DATASETS))
     started = time.perf_counter()
     print(
         f"# search quality, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores"
     )
     print(
-        f"median true loss / optimum over seeds {seeds.start}-{seeds.stop - 1} "
-        f"(1.0 = the table's best); ordinal settings as {args.encoding}\n"
+        "median true loss / optimum (1.0 = the table's best); the settings of evolution and "
+        "random+refine were chosen on seeds 0-299 of naval_propulsion and "
+        "parkinsons_telemonitoring, so tables on those seeds and sets are in-sample\n"
     )
-    everything = {}
-    for dataset in args.datasets:
-        results = everything[dataset] = run(dataset, seeds, args.encoding, args.strategies)
-        print(f"| {dataset} | " + " | ".join(f"{b} evals" for b in BUDGETS) + " |")
-        print("|---|" + "---|" * len(BUDGETS))
-        for name, scores in results.items():
-            medians = [statistics.median(scores[b]) for b in BUDGETS]
-            print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in medians) + " |")
-        if {"hpsearch evolution", "hpsearch tpe"} <= results.keys():
-            evolution, tpe = results["hpsearch evolution"], results["hpsearch tpe"]
-            print(
-                "\nevolution below hpsearch tpe on "
-                + ", ".join(f"{wins(evolution[b], tpe[b])} seeds at {b}" for b in BUDGETS)
-                + " (ties left out)"
-            )
-        print()
-    print(f"({time.perf_counter() - started:.0f} s)")
+    everything: dict[str, Any] = {}
+    for part, (part_seeds, datasets) in parts.items():
+        for encoding in args.encodings:
+            written = "integer index ranges" if encoding == "index" else "choices lists"
+            span = f"seeds {part_seeds.start}-{part_seeds.stop - 1}"
+            print(f"## {part}: {span}, ordinal settings as {written}\n")
+            found = everything.setdefault(part, {}).setdefault(encoding, {})
+            for dataset in datasets:
+                found[dataset] = run(dataset, part_seeds, encoding, args.strategies)
+                print_tables(found[dataset], dataset)
+    above = verdicts(everything)
+    print("## where hpsearch evolution's median is above hpsearch tpe's\n")
+    print("\n".join(f"- {line}" for line in above) if above else "- nowhere")
+    print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.scores:
-        seeds_run = list(seeds)
-        record = {"seeds": seeds_run, "encoding": args.encoding, "scores": everything}
+        record = {
+            "parts": {part: list(part_seeds) for part, (part_seeds, _) in parts.items()},
+            "scores": everything,
+        }
         Path(args.scores).write_text(json.dumps(record, indent=1))
 
 

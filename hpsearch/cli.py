@@ -262,6 +262,10 @@ def _print_outcome(summary: dict[str, Any]) -> None:
         if key in metrics
     )
     print(f"best trial {best['trial']}: {shown}", file=sys.stderr, flush=True)
+    if (summary.get("constraints") or {}).get("best_within") is False:
+        from hpsearch.report import outside_constraints
+
+        print(f"warning: {outside_constraints(summary)}", file=sys.stderr, flush=True)
 
 
 @app.command()

@@ -256,10 +256,14 @@ def masked(spec: Spec) -> Spec:
     return spec.model_copy(update=update) if update else spec
 
 
-def write_run_files(run: RunFolder, spec: Spec, data: Dataset) -> None:
-    """What is known before training: the resolved spec, the environment, the split."""
+def write_run_files(run: RunFolder, spec: Spec, data: Dataset, study: str | None = None) -> None:
+    """What is known before training: the resolved spec, the environment (with the study a
+    search runs in, so a resume finds it however early the run stopped), the split."""
+    env = environment(spec, resolve_device(spec.device))
+    if spec.search is not None:
+        env["study"] = study or run.name
     write_text(run.spec, spec_to_yaml(masked(spec)))
-    write_json(run.env, environment(spec, resolve_device(spec.device)))
+    write_json(run.env, env)
     write_json(run.split, split_record(spec, data))
 
 
@@ -269,10 +273,10 @@ def split_record(spec: Spec, data: Dataset) -> dict[str, Any]:
     return data.split_info if resampled is None else {**data.split_info, "oversample": resampled}
 
 
-def start_run(spec: Spec, data: Dataset, runs_dir: Path) -> RunFolder:
+def start_run(spec: Spec, data: Dataset, runs_dir: Path, study: str | None = None) -> RunFolder:
     """Create the run folder and write what is known before training."""
     run = create_run(runs_dir, spec.name)
-    write_run_files(run, spec, data)
+    write_run_files(run, spec, data, study)
     return run
 
 
@@ -344,7 +348,7 @@ def run_search(
         progress = TrackingProgress(progress, tracker)
     search = Search(spec, data, run, progress, name, reviewer, planner=True)
     if resuming:
-        retried = recover(search.study, search.storage, run, search.decode)
+        retried = recover(search.study, search.storage, run, search.decode, spec.objective.bounds)
         replaced = replaced_numbers(search.study.get_trials(deepcopy=False))
         kept = [o for o in search.live.outcomes() if o.number not in replaced]
         print(
@@ -441,7 +445,7 @@ def join_study(
         run = RunFolder(runs_dir / study_name)
         if not run.spec.exists():
             run.root.mkdir(parents=True, exist_ok=True)
-            write_run_files(run, spec, data)
+            write_run_files(run, spec, data, study_name)
         with RunOwner(run, shared=True):
             search = Search(spec, data, run, progress, study_name, workers=workers)
             try:
@@ -522,6 +526,16 @@ def _resume_owned(
     name, damaged = _study_name(run, spec)
     for warning in filter(None, [*warnings, damaged]):
         print(f"warning: {warning}", file=sys.stderr)
+    if options.study:
+        recorded = _started_study(run)
+        if recorded is not None and recorded != options.study:
+            raise InputError(
+                f"--study: {run.root} ran study '{recorded}', not '{options.study}'; leave "
+                "--study out to resume it (or run the other study without --resume)"
+            )
+        name = options.study
+    if spec.storage is not None:
+        check_study_present(spec.storage, name, run)
     data = prepare(spec)
     write_text(run.spec, spec_to_yaml(masked(spec)))
     return run_search(spec, data, run, progress, True, reviewer_for(spec, progress), name)
@@ -542,20 +556,45 @@ def check_journal_present(run: RunFolder) -> None:
 
 
 def _study_name(run: RunFolder, spec: Spec) -> tuple[str, str | None]:
-    """The study a run folder belongs to (as its summary records it) and, when the summary is
-    damaged, a warning; a journal holds one study, which then names it."""
+    """The study a run folder belongs to (as env.json, written when the run started, or the
+    summary records it) and, when the summary is damaged, a warning; a journal holds one
+    study, which then names it."""
+    started = _started_study(run)
     try:
         summary = read_json(run.summary) if run.summary.exists() else {}
         if not isinstance(summary, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError):
         warning = f"{run.summary} is damaged; it is rewritten as the run goes on"
+        if started is not None:
+            return started, warning
         if spec.storage is None and run.study_log.exists():
             names = optuna.get_all_study_names(open_storage(None, run.study_log))
             if len(names) == 1:
                 return names[0], warning
         return run.name, warning
-    return summary.get("study") or run.name, None
+    return started or summary.get("study") or run.name, None
+
+
+def _started_study(run: RunFolder) -> str | None:
+    """The study env.json says the run started in (runs of earlier versions lack it)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        started = read_json(run.env).get("study")
+        if isinstance(started, str) and started:
+            return started
+    return None
+
+
+def check_study_present(url: str, name: str, run: RunFolder) -> None:
+    """A resume continues a study; it never starts a new one in the database (that would
+    run the whole budget again beside the trials it means to keep)."""
+    names = optuna.get_all_study_names(open_storage(url, Path(os.devnull)))
+    if name not in names:
+        known = ", ".join(sorted(names)[:10]) or "none"
+        raise InputError(
+            f"--resume: study '{name}' of {run.root} is not in {mask_url(url)} (studies: "
+            f"{known}); check --storage"
+        )
 
 
 def _split_hashes(split_info: dict[str, Any]) -> dict[str, Any]:
@@ -602,7 +641,7 @@ def run_spec(
                 return join_study(
                     spec.storage, options.study, options.runs_dir, progress, options.workers
                 )
-            run = start_run(spec, data, options.runs_dir)
+            run = start_run(spec, data, options.runs_dir, options.study)
             with RunOwner(run):
                 return run_search(
                     spec,

@@ -176,7 +176,8 @@ def front_figure(summary: Mapping[str, Any]) -> Figure | None:
     ax.scatter(xs, ys, color="tab:gray", alpha=0.6, label="trial", zorder=2)
     on_front = sorted((e["values"][0], e["values"][1]) for e in front)
     fx, fy = zip(*on_front, strict=True)
-    ax.step(fx, fy, where="post", color="tab:blue", alpha=0.5, zorder=3)
+    if len(names) == 2:  # with more objectives the front is no staircase in these two
+        ax.step(fx, fy, where="post", color="tab:blue", alpha=0.5, zorder=3)
     ax.scatter(fx, fy, color="tab:blue", label="Pareto front", zorder=4)
     picked = (summary.get("pick") or {}).get("trial")
     chosen = [(x, y) for x, y, number in points if number == picked]
@@ -188,7 +189,8 @@ def front_figure(summary: Mapping[str, Any]) -> Figure | None:
     ax.set(
         xlabel=f"{x_name} ({x_way})",
         ylabel=f"{y_name} ({y_way})",
-        title=f"Pareto front: {x_name} against {y_name}",
+        title=f"Pareto front: {x_name} against {y_name}"
+        + (f" (of {len(names)} objectives)" if len(names) > 2 else ""),
     )
     _legend_outside(ax)
     return figure

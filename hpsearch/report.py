@@ -251,8 +251,20 @@ def collect_warnings(
     else:
         space = spec.search.space if spec.search else {}
         warnings = edge_warnings(space, ranked[0]["params"])
-        warnings += resolution_warnings(ranked, interval, dev_size)
+        if (summary.get("constraints") or {}).get("best_within") is False:
+            warnings.insert(0, outside_constraints(summary))
+        if not summary.get("front"):  # front trials differ on purpose: another objective
+            warnings += resolution_warnings(ranked, interval, dev_size)
     return warnings + divergence_warnings(summary["trials"], spec)
+
+
+def outside_constraints(summary: dict[str, Any]) -> str:
+    """No trial met the objective's constraints: what the best trial then is."""
+    bounds = " and ".join(summary["constraints"]["bounds"])
+    return (
+        f"no trial met the constraints ({bounds}): the best trial is only the one least "
+        "outside them; widen the search (or the bounds) and run again"
+    )
 
 
 def edge_warnings(space: dict[str, ParamSpec], params: dict[str, Any]) -> list[str]:
@@ -357,7 +369,9 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Several objectives: the non-dominated trials with their objective values (the
     picked one marked), in the order of the first objective."""
     names = report.summary["objective"].get("metrics") or []
-    front = sorted(report.summary.get("front") or [], key=lambda e: (e["values"][0], e["trial"]))
+    sign = -1.0 if report.direction == "maximize" else 1.0
+    entries = report.summary.get("front") or []
+    front = sorted(entries, key=lambda e: (sign * e["values"][0], e["trial"]))
     picked = (report.summary.get("pick") or {}).get("trial")
     head = ["trial", *names, *_column_names(report.varied), "pick"]
     columns = [_column_cells([e["params"].get(p, "—") for e in front]) for p in report.varied]
@@ -448,8 +462,10 @@ def trial_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The ranked trials: their searched parameters, train and dev error (and the objective
     when it is not the dev error). Parameters are headed by their last key (train.lr -> lr)."""
     names = _column_names(report.varied)
-    objectives = report.summary["objective"].get("metrics") or [report.metric]
-    extra = [m for m in objectives if m not in ("train_error", "dev_error")]
+    objective = report.summary["objective"]
+    bounded = [c.split()[0] for c in objective.get("constraints") or []]
+    named = [*(objective.get("metrics") or [report.metric]), *bounded]
+    extra = [m for m in dict.fromkeys(named) if m not in ("train_error", "dev_error")]
     head = ["rank", "trial", *names, "train error", "dev error", *extra]
     columns = [
         _column_cells([t["params"].get(p, "—") for t in report.ranked]) for p in report.varied

@@ -956,7 +956,7 @@ def check_resume_compatible(old: Spec, new: Spec) -> list[str]:
     each); return warnings for benign ones (a range widened or narrowed)."""
     problems, warnings = [], []
     if old.objective != new.objective:
-        problems.append("the objective (metric or direction) changed")
+        problems.append("the objective (its metrics, directions, constraints or pick rule) changed")
     if old.search is None or new.search is None:
         problems.append("the search section was added or removed")
     else:

@@ -471,7 +471,11 @@ def outcome_of(trial: FrozenTrial, decode: Decode) -> TrialOutcome | None:
         return None
     stored = trial.user_attrs.get(OUTCOME_ATTR)
     if stored is not None:
-        return TrialOutcome.from_json(stored)
+        outcome = TrialOutcome.from_json(stored)
+        if trial.state == TrialState.FAIL and outcome.state != OutcomeState.FAILED:
+            # recorded, but the database went away before it was told: failed and retried
+            return outcome.interrupted()
+        return outcome
     reason = trial.user_attrs.get(REASON_ATTR)
     if Reason.of(reason) == Reason.SKIPPED:
         return None
@@ -637,14 +641,35 @@ def retry_interrupted(study: optuna.Study) -> int:
     return queued
 
 
+def finish_recorded(study: optuna.Study, bounds: Sequence[Bound] = ()) -> int:
+    """Resume: a trial whose worker recorded its outcome but lost the database before telling
+    it (it is still RUNNING) is told now, as it finished: nothing that finished is lost.
+    Returns how many were."""
+    finished = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        stored = trial.user_attrs.get(OUTCOME_ATTR)
+        if stored is None:
+            continue
+        outcome = TrialOutcome.from_json(stored)
+        live = optuna.trial.Trial(study, trial._trial_id)  # noqa: SLF001 - a running trial by id
+        finished += tell_outcome(study, live, outcome, bounds)
+    return finished
+
+
 def recover(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, run: RunFolder, decode: Decode
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    run: RunFolder,
+    decode: Decode,
+    bounds: Sequence[Bound] = (),
 ) -> int:
-    """Resume: trials left RUNNING by dead processes are failed as interrupted, and every
-    interrupted trial is retried once (returns how many were queued again).
+    """Resume: trials that finished but were never told are told; trials left RUNNING by
+    dead processes are failed as interrupted, and every interrupted trial is retried once
+    (returns how many were queued again).
 
     In a database, only trials whose heartbeat stopped count as dead (others may be training
     on another machine right now); in a journal, no process of the run is alive any more."""
+    finish_recorded(study, bounds)
     if is_database(storage):
         fail_stale(study, storage)
         fail_unclaimed(study)

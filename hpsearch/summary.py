@@ -77,6 +77,20 @@ def objective_entry(spec: Spec) -> dict[str, Any]:
     return entry
 
 
+def constraints_entry(spec: Spec, outcomes: list[TrialOutcome], best: TrialOutcome | None):
+    """With constraints: how many complete trials are within them, and whether the best (the
+    pick) is; when none is, the best is only the least outside them."""
+    objective = spec.objective
+    if not objective.bounds:
+        return None
+    complete = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
+    return {
+        "bounds": [str(b) for b in objective.bounds],
+        "feasible": sum(violation(objective, o) == 0 for o in complete),
+        "best_within": best is not None and violation(objective, best) == 0,
+    }
+
+
 def front_entry(spec: Spec, outcomes: list[TrialOutcome]) -> list[dict[str, Any]] | None:
     """With several objectives: the non-dominated trials, each with its objective values."""
     if not spec.objective.several:
@@ -180,6 +194,7 @@ def trial_entry(outcome: TrialOutcome) -> dict[str, Any]:
         "resumed_epoch": outcome.resumed_epoch,
         "rerank_of": outcome.rerank_of,
         "rescues": outcome.rescues,
+        **({"values": outcome.values} if outcome.values is not None else {}),
     }
 
 
@@ -278,6 +293,7 @@ def build_summary(
         "wall_seconds": round(wall_seconds, 3) if wall_seconds is not None else None,
         "best": best_entry,
         "rerank": [standing.to_dict() for standing in rerank_standings(spec, outcomes)] or None,
+        "constraints": constraints_entry(spec, outcomes, best),
         "front": front_entry(spec, outcomes),
         "pick": choice.to_dict() if (choice := choose_of(spec, outcomes)) else None,
         "diagnosis": diagnosis,

@@ -207,10 +207,7 @@ def test_connections_cut_mid_trial_are_reopened(tmp_path, proxied):
     check_promises(url, "cut", runs, 6)
 
 
-# The stop is what is promised here. A resume after it finishes the run, but sometimes short of
-# the budget or with a trial left RUNNING (about one run in three, not understood yet), so it is
-# not asserted: see the issue on database faults.
-def test_a_database_away_past_the_limit_stops_the_run_with_one_line(tmp_path, proxied):
+def test_a_database_away_past_the_limit_stops_the_run_and_a_resume_finishes_it(tmp_path, proxied):
     url, proxy = proxied
     spec = spec_file(tmp_path, SEARCH, epochs=EPOCHS)
     runs = tmp_path / "runs"
@@ -229,6 +226,22 @@ def test_a_database_away_past_the_limit_stops_the_run_with_one_line(tmp_path, pr
     assert "--resume" in errors[0]
     assert stopped < 30, stopped  # the limit (3 s), plus stopping the workers
     proxy.up()
+    # The resume continues the same study (even when the stop came before the first summary),
+    # tells what finished but was never told, and retries what was cut short.
+    folder = next(runs.iterdir())
+    resumed = hpsearch(
+        "run",
+        spec,
+        "--storage",
+        url,
+        "--resume",
+        folder,
+        "-q",
+        env={"HPSEARCH_HEARTBEAT_SECONDS": "1"},
+    )
+    out, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    check_promises(url, "away", runs, 6)
 
 
 def test_a_worker_waiting_for_a_study_says_so(database, capsys):  # noqa: F811

@@ -683,3 +683,48 @@ def test_train_seconds_trains_each_trial_alone(tmp_path):
         assert 0 < t["metrics"]["train_seconds"] <= t["seconds"] + 1e-6
         assert t["metrics"]["inference_ms"] > 0
     assert len(summary["front"][0]["values"]) == 3
+
+
+def test_a_database_resume_continues_its_own_study_even_without_a_summary(tmp_path):
+    # a run stopped before its first summary (the database went away early) still resumes
+    # the study it started, never a new one named after its folder
+    spec = lr_search(tmp_path, trials=2)
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    runs = tmp_path / "runs"
+    first = run_spec(spec, RunOptions(runs_dir=runs, storage=url, study="mine"))
+    first.run.summary.unlink()
+    again = run_spec(spec, RunOptions(runs_dir=runs, resume=str(first.run.root), trials=3))
+    assert again.run.root == first.run.root and again.summary["study"] == "mine"
+    assert optuna.get_all_study_names(url) == ["mine"]
+    assert len(optuna.load_study(study_name="mine", storage=url).trials) == 3
+    elsewhere = f"sqlite:///{tmp_path / 'other.db'}"
+    with pytest.raises(InputError, match="study 'mine' of .* is not in"):
+        run_spec(spec, RunOptions(runs_dir=runs, storage=elsewhere, resume="latest"))
+    with pytest.raises(InputError, match="--study: .* ran study 'mine', not 'theirs'"):
+        run_spec(spec, RunOptions(runs_dir=runs, study="theirs", resume="latest"))
+
+
+def test_a_search_that_never_meets_its_constraints_says_so(tmp_path):
+    spec = pareto_spec(tmp_path, "random")
+    raw = yaml.safe_load(spec.read_text())
+    raw["objective"] = {"metric": "dev_error", "constraints": ["n_params <= 5"]}
+    raw["search"]["trials"] = 4
+    spec.write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "runs"
+    ran = _cli("run", str(spec), "--runs-dir", str(runs), "-q")
+    out, err = ran.communicate(timeout=300)
+    assert ran.returncode == 0, err
+    assert "warning: no trial met the constraints (n_params <= 5)" in err
+    run = next(runs.iterdir())
+    summary = read_json(run / "summary.json")
+    assert summary["constraints"] == {
+        "bounds": ["n_params <= 5"],
+        "feasible": 0,
+        "best_within": False,
+    }
+    # the least outside them: the smallest model
+    sizes = [t["metrics"]["n_params"] for t in summary["trials"] if t["state"] == "complete"]
+    assert summary["best"]["metrics"]["n_params"] == min(sizes)
+    shown = _cli("report", str(run), "--format", "markdown")
+    assert shown.wait(timeout=120) == 0
+    assert "no trial met the constraints" in (run / "report" / "report.md").read_text()

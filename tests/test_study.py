@@ -186,6 +186,27 @@ def test_recover_fails_running_trials_and_retries_them(study, run):
     assert written["epochs_run"] == 4  # what the trial had recorded is kept
 
 
+def test_recover_tells_a_trial_that_finished_but_was_never_told(study, run):
+    # its worker recorded the outcome, then lost the database before telling it
+    trial = ask(study, x=0.3)
+    trial.set_user_attr(OUTCOME_ATTR, complete(trial.number, 0.25, {"x": 0.3}).to_json())
+    retried = recover(study, study._storage, run, identity)
+    (told,) = study.get_trials()
+    assert retried == 0 and told.state == TrialState.COMPLETE and told.value == 0.25
+    assert outcome_of(told, identity).value == 0.25
+
+
+def test_a_recorded_outcome_the_study_failed_reads_as_interrupted(study):
+    # recorded as complete, but failed meanwhile (its heartbeat was lost): it was retried, so
+    # it must not also be listed as complete
+    trial = ask(study)
+    trial.set_user_attr(OUTCOME_ATTR, complete(trial.number, 0.25).to_json())
+    study.tell(trial, state=TrialState.FAIL)
+    outcome = outcome_of(study.get_trials()[0], identity)
+    assert outcome.state == "failed" and outcome.reason == Reason.INTERRUPTED
+    assert outcome.metrics == {} and outcome.value == 0.25  # what it had recorded stays
+
+
 def test_fail_running_only_touches_the_dead_workers_trials(study, run):
     mine, other = ask(study), ask(study)
     mark_worker(mine)
