@@ -53,6 +53,7 @@ from hpsearch.search import Search
 from hpsearch.space import apply_params, decode_params, parse_space
 from hpsearch.spec import (
     Spec,
+    check_objective_fits_search,
     check_resume_compatible,
     format_path,
     load_spec,
@@ -171,11 +172,15 @@ def prepare(spec: Spec) -> Dataset:
     """Load the data and check the spec fits it, all before any run folder exists."""
     if spec.search is not None:
         check_strategy(spec.search)
+        check_objective_fits_search(spec)
         parse_space(spec)
     data = load_dataset(spec.data, spec.seed)
     check_trial_data(spec, data)
     resolve_loss(spec.train.loss, data.task)
-    check_objective(spec.objective, data.task)
+    try:
+        check_objective(spec.objective, data.task)
+    except InputError as wrong:  # at the objective's line in the spec
+        raise spec.error_at(("objective",), str(wrong)) from None
     resolve_device(spec.device)
     if spec.storage is not None:
         probe_storage(spec.storage)

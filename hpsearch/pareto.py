@@ -51,6 +51,18 @@ def front(
     return kept
 
 
+def dominated(
+    point: Sequence[float], points: Sequence[Sequence[float]], directions: Sequence[str]
+) -> bool:
+    """Whether any of `points` dominates `point` (one pass over them: a new trial is judged
+    against thousands without computing their front)."""
+    if not len(points):
+        return False
+    y = _minimized(points, directions)
+    p = _minimized([point], directions)[0]
+    return bool((np.all(y <= p, axis=1) & np.any(y < p, axis=1)).any())
+
+
 def ranks(
     points: Sequence[Sequence[float]],
     directions: Sequence[str],

@@ -335,6 +335,16 @@ class ObjectiveSpec(Strict):
     # "n_params <= 1e5": trials outside are infeasible (samplers steer away; never picked)
     constraints: list[str] = Field(default_factory=list)
 
+    @field_validator("pick", mode="before")
+    @classmethod
+    def _a_known_rule(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "knee":
+            raise ValueError(
+                f"'{value}' is not a pick rule: use knee, or bounds such as "
+                "{max: {n_params: 100000}} (with best: METRIC)"
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _first_metric_is_the_metric(cls, raw: Any) -> Any:
@@ -587,24 +597,6 @@ class Spec(Strict):
         return self
 
     @model_validator(mode="after")
-    def _objectives_fit_search(self) -> Spec:
-        objective, search = self.objective, self.search
-        if objective.several and search is not None:
-            for key, wanted in (("pruner", "none"), ("refine", None), ("rerank", None)):
-                if getattr(search, key) not in (wanted,):
-                    raise ValueError(
-                        f"search.{key}: it ranks trials by one objective; with several "
-                        f"objectives ({', '.join(objective.names)}) leave search.{key} out"
-                    )
-        stacked = search is not None and isinstance(search.stack, int) and search.stack > 1
-        if stacked and "train_seconds" in objective.named_metrics:
-            raise ValueError(
-                "search.stack: train_seconds times each trial's own training, which a "
-                "stack shares; leave stack out (trials then train one at a time)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _bayes_below_human(self) -> Spec:
         if (
             self.bayes_error is not None
@@ -613,6 +605,30 @@ class Spec(Strict):
         ):
             raise ValueError("bayes_error cannot exceed human_level_error")
         return self
+
+
+def check_objective_fits_search(spec: Spec) -> None:
+    """What a search cannot do with the objective: rank by one value (pruner, refine, rerank)
+    when there are several, or stack trials it times for train_seconds. An input error at
+    the search key, with its YAML line."""
+    objective, search = spec.objective, spec.search
+    if search is None:
+        return
+    if objective.several:
+        for key, unset in (("pruner", "none"), ("refine", None), ("rerank", None)):
+            if getattr(search, key) != unset:
+                raise spec.error_at(
+                    ("search", key),
+                    f"search.{key}: it ranks trials by one objective; with several objectives "
+                    f"({', '.join(objective.names)}) leave search.{key} out",
+                )
+    stacked = isinstance(search.stack, int) and search.stack > 1
+    if stacked and "train_seconds" in objective.named_metrics:
+        raise spec.error_at(
+            ("search", "stack"),
+            "search.stack: train_seconds times each trial's own training, which a stack "
+            "shares; leave stack out (trials then train one at a time)",
+        )
 
 
 def _suggest_name(value: str) -> str:

@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.errors import InputError
 from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
 from hpsearch.outcome import TrialState as OutcomeState
-from hpsearch.pareto import front
+from hpsearch.pareto import dominated
 from hpsearch.runs import RunFolder, read_json, write_bytes, write_json
 from hpsearch.spec import Bound
 from hpsearch.storage import (
@@ -390,7 +390,7 @@ def beats_the_study(study: optuna.Study, values: list[float]) -> bool:
     if not points:
         return True
     directions = [d.name.lower() for d in study.directions]
-    return len(points) in front([*points, values], directions)
+    return not dominated(values, points, directions)
 
 
 def share_weights(trial: optuna.Trial, model: Path) -> None:

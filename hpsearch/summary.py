@@ -25,14 +25,16 @@ from hpsearch.storage import mask_url
 from hpsearch.study import Decode, outcome_of, replaced_numbers
 
 STATES = tuple(TrialState)
-SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json
+SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json, at least
+# ... and at least this many times as long as the last rewrite took: a study of thousands of
+# trials (a summary of megabytes) then costs the planner a tenth of a core, not all of it
+SUMMARY_SHARE = 10.0
 
 
-def ranked_outcomes(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
-    """Complete trials, best first: within the objective's constraints first (then the least
-    outside them); with several objectives, the Pareto front first; then by the (first)
-    objective; ties go to the lower dev loss (an error rate ties often on a small dev set),
-    then to the earliest."""
+def _ranking(
+    spec: Spec, outcomes: list[TrialOutcome]
+) -> tuple[list[TrialOutcome], Callable[[TrialOutcome], tuple]]:
+    """Complete trials and the key that ranks them (see ranked_outcomes)."""
     objective = spec.objective
     scored = [o for o in outcomes if o.state == TrialState.COMPLETE and o.value is not None]
     sign = -1.0 if objective.resolved_direction == "maximize" else 1.0
@@ -43,6 +45,15 @@ def ranked_outcomes(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutco
         outside = violation(objective, o) if objective.bounds else 0.0
         return (behind, outside, sign * o.value, o.metrics.get("dev_loss", math.inf), o.number)
 
+    return scored, rank
+
+
+def ranked_outcomes(spec: Spec, outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """Complete trials, best first: within the objective's constraints first (then the least
+    outside them); with several objectives, the Pareto front first; then by the (first)
+    objective; ties go to the lower dev loss (an error rate ties often on a small dev set),
+    then to the earliest."""
+    scored, rank = _ranking(spec, outcomes)
     return sorted(scored, key=rank)
 
 
@@ -56,8 +67,8 @@ def best_outcome(spec: Spec, outcomes: list[TrialOutcome]) -> TrialOutcome | Non
     standings = rerank_standings(spec, outcomes)
     if standings:
         return standings[0].original
-    ranked = ranked_outcomes(spec, outcomes)
-    return ranked[0] if ranked else None
+    scored, rank = _ranking(spec, outcomes)  # the first of ranked_outcomes, without a sort
+    return min(scored, key=rank, default=None)
 
 
 def objective_entry(spec: Spec) -> dict[str, Any]:
@@ -429,6 +440,7 @@ class LiveSummary:
         # a resumed search keeps these; its interrupted trials are retried (and counted then)
         self.done_before = sum(o.reason_kind != Reason.INTERRUPTED for o in self.known)
         self.written = 0.0  # perf_counter() of the last running summary
+        self.took = 0.0  # and how long writing it took
 
     def outcomes(self) -> list[TrialOutcome]:
         trials = self.study.get_trials(deepcopy=False)
@@ -449,7 +461,8 @@ class LiveSummary:
             self.reported.add(outcome.number)
             last = outcome is fresh[-1]
             self.on_finished(outcome, self.status() if last else None)
-        if time.perf_counter() - self.written >= SUMMARY_INTERVAL:
+        now = time.perf_counter()
+        if now - self.written >= max(SUMMARY_INTERVAL, SUMMARY_SHARE * self.took):
             try:
                 write_summary(
                     self.run, self.spec, self.known, RunState.RUNNING, self.started, self.study_name
@@ -459,6 +472,7 @@ class LiveSummary:
                     raise DiskFull(str(self.run.summary)) from None
                 raise
             self.written = time.perf_counter()
+            self.took = self.written - now
 
     def status(self) -> SearchStatus:
         """Counted against the budget: a trial replaced by its retry counts once, as the retry."""

@@ -121,6 +121,16 @@ BAD_SPECS.update(
             TINY + "objective: {constraints: ['dev_r2 >= 0.5']}\n",
             "objective.constraints: dev_r2 >= 0.5",
         ),
+        "pruner-several-objectives": (
+            TINY + "objective: {metrics: [dev_error, n_params]}\n"
+            "search: {pruner: median, space: {train.lr: {choices: [0.1]}}}\n",
+            "search.pruner: it ranks trials by one objective",
+        ),
+        "stacked-train-seconds": (
+            TINY + "objective: {metrics: [dev_error, train_seconds]}\n"
+            "search: {stack: 4, space: {train.lr: {choices: [0.1]}}}\n",
+            "search.stack: train_seconds",
+        ),
         "refine-with-tpe": (
             TINY + "search: {strategy: tpe, refine: {rounds: 1, keep: 0.5}, "
             "space: {train.lr: {choices: [0.1]}}}\n",

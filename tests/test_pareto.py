@@ -5,7 +5,16 @@ import math
 import pytest
 
 from hpsearch.outcome import TrialOutcome
-from hpsearch.pareto import choose, crowding, front, front_outcomes, knee, ranks, violation
+from hpsearch.pareto import (
+    choose,
+    crowding,
+    dominated,
+    front,
+    front_outcomes,
+    knee,
+    ranks,
+    violation,
+)
 from hpsearch.spec import ObjectiveSpec
 
 BOTH_MIN = ["minimize", "minimize"]
@@ -126,3 +135,11 @@ def test_no_complete_trial_no_choice():
     assert choose(objective(), []) is None
     failed = TrialOutcome(0, "failed", "diverged", {}, 0)
     assert choose(objective(), [failed]) is None
+
+
+def test_a_new_point_is_judged_against_the_others_alone():
+    others = [[1, 5], [2, 2], [5, 1]]
+    assert dominated([3, 3], others, BOTH_MIN)
+    assert not dominated([2, 2], others, BOTH_MIN)  # a tie is not domination
+    assert not dominated([0, 9], others, BOTH_MIN)
+    assert not dominated([1, 1], [], BOTH_MIN)
