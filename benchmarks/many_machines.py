@@ -13,13 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 import yaml
-
-SERVER = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+from scratch_database import scratch_database
 
 
 def spec(path: Path, trials: int, epochs: int) -> Path:
@@ -93,19 +90,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=40)
     args = parser.parse_args()
-    admin = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    name = f"hpsearch_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = f"{SERVER}/{name}"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = spec(Path(tmp) / "bench.yaml", args.trials, args.epochs)
-            alone = timed(url, path, Path(tmp) / "a", "alone", workers=0)
-            shared = timed(url, path, Path(tmp) / "b", "shared", workers=2)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
+        path = spec(Path(tmp) / "bench.yaml", args.trials, args.epochs)
+        alone = timed(url, path, Path(tmp) / "a", "alone", workers=0)
+        shared = timed(url, path, Path(tmp) / "b", "shared", workers=2)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{platform.system()} {platform.release()}"

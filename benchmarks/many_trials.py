@@ -22,14 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import optuna
-import psycopg
 import yaml
+from scratch_database import scratch_database
 
-SERVER = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 WINDOW = 1000
 
 
@@ -67,60 +65,51 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    admin = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    name = f"hpsearch_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = f"{SERVER}/{name}"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            path = spec(folder / "many.yaml", args.trials, args.workers)
-            started = time.perf_counter()
+    with scratch_database() as url, tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        path = spec(folder / "many.yaml", args.trials, args.workers)
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hpsearch",
+                "run",
+                str(path),
+                "--storage",
+                url,
+                "--study",
+                "many",
+                "--runs-dir",
+                str(folder / "runs"),
+                "--quiet",
+            ],
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        wall = time.perf_counter() - started
+        trials = optuna.load_study(study_name="many", storage=url).get_trials()
+        done = sorted(
+            (t for t in trials if t.datetime_complete is not None), key=lambda t: t.number
+        )
+        first, last = per_second(done[:WINDOW]), per_second(done[-WINDOW:])
+        seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
+        timed = {}
+        for label, command in (
+            (
+                "report (json, from the database)",
+                ["report", "--storage", url, "--study", "many", "--format", "json"],
+            ),
+            ("report (table)", ["report", "--storage", url, "--study", "many"]),
+        ):
+            began = time.perf_counter()
             subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "hpsearch",
-                    "run",
-                    str(path),
-                    "--storage",
-                    url,
-                    "--study",
-                    "many",
-                    "--runs-dir",
-                    str(folder / "runs"),
-                    "--quiet",
-                ],
+                [sys.executable, "-m", "hpsearch", *command],
                 check=True,
-                env={**os.environ, "OMP_NUM_THREADS": "1"},
+                stdout=subprocess.DEVNULL,
+                cwd=folder,
             )
-            wall = time.perf_counter() - started
-            trials = optuna.load_study(study_name="many", storage=url).get_trials()
-            done = sorted(
-                (t for t in trials if t.datetime_complete is not None), key=lambda t: t.number
-            )
-            first, last = per_second(done[:WINDOW]), per_second(done[-WINDOW:])
-            seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done]
-            timed = {}
-            for label, command in (
-                (
-                    "report (json, from the database)",
-                    ["report", "--storage", url, "--study", "many", "--format", "json"],
-                ),
-                ("report (table)", ["report", "--storage", url, "--study", "many"]),
-            ):
-                began = time.perf_counter()
-                subprocess.run(
-                    [sys.executable, "-m", "hpsearch", *command],
-                    check=True,
-                    stdout=subprocess.DEVNULL,
-                    cwd=folder,
-                )
-                timed[label] = time.perf_counter() - began
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            timed[label] = time.perf_counter() - began
     print(f"# many trials, {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores")
     print(f"{len(done)} trials, {args.workers} workers, PostgreSQL: {wall:.0f} s in all")
     print(

@@ -43,12 +43,18 @@ def front(
             candidates[feasible] if feasible.any() else np.flatnonzero(excess == excess.min())
         )
     y = _minimized(points, directions)[candidates]
-    kept = []
-    for i, row in enumerate(y):
-        dominated = np.all(y <= row, axis=1) & np.any(y < row, axis=1)
-        if not dominated.any():
-            kept.append(int(candidates[i]))
-    return kept
+    # in lexicographic order a point can be dominated only by earlier points, and if by any,
+    # then by one already on the front: each is compared with the front alone
+    kept: list[int] = []
+    for i in np.lexsort(y.T[::-1]):
+        if not kept or not _beaten(y[i], y[kept]):
+            kept.append(int(i))
+    return sorted(int(candidates[i]) for i in kept)
+
+
+def _beaten(row: np.ndarray, others: np.ndarray) -> bool:
+    """Whether any row of `others` (minimized) dominates `row`."""
+    return bool((np.all(others <= row, axis=1) & np.any(others < row, axis=1)).any())
 
 
 def dominated(
@@ -58,9 +64,7 @@ def dominated(
     against thousands without computing their front)."""
     if not len(points):
         return False
-    y = _minimized(points, directions)
-    p = _minimized([point], directions)[0]
-    return bool((np.all(y <= p, axis=1) & np.any(y < p, axis=1)).any())
+    return _beaten(_minimized([point], directions)[0], _minimized(points, directions))
 
 
 def ranks(
