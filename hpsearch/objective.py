@@ -76,6 +76,7 @@ class TrialJob:
     params: dict[str, Any]
     seed: int
     resume_from: int | None = None
+    resume_folder: str | None = None  # that trial's folder, wherever it trained (a shared disk)
     rerank_of: int | None = None  # search.rerank: this re-trains that trial's configuration
 
 
@@ -124,11 +125,23 @@ def load_checkpoint(folder: TrialFolder) -> dict[str, Any] | None:
         return None
 
 
+def _checkpoint_folders(run: RunFolder, job: TrialJob) -> list[tuple[TrialFolder, int]]:
+    """Where `job` may continue from, first found first: its own folder, the folder of the
+    trial it retries in this run, and that trial's folder in another run (another machine or
+    batch task, on a shared file system)."""
+    folders = [(run.trial(job.number), job.number)]
+    if job.resume_from is not None:
+        folders.append((run.trial(job.resume_from), job.resume_from))
+        if job.resume_folder is not None:
+            folders.append((TrialFolder(Path(job.resume_folder)), job.resume_from))
+    return folders
+
+
 def resume_state(run: RunFolder, job: TrialJob) -> tuple[dict[str, Any] | None, int | None]:
     """Where `job` continues: its own checkpoint, else the one of the trial it retries; with
     the number of the trial whose checkpoint it is (None, None for a fresh start)."""
-    for number in (job.number, job.resume_from):
-        if number is not None and (state := load_checkpoint(run.trial(number))) is not None:
+    for folder, number in _checkpoint_folders(run, job):
+        if (state := load_checkpoint(folder)) is not None:
             return state, number
     return None, None
 
@@ -140,9 +153,9 @@ def resume_position(run: RunFolder, job: TrialJob) -> tuple[int, int]:
 
 
 def _forget_checkpoints(run: RunFolder, job: TrialJob) -> None:
-    for number in (job.number, job.resume_from):
-        if number is not None:
-            run.trial(number).checkpoint.unlink(missing_ok=True)
+    for folder, _ in _checkpoint_folders(run, job):
+        with contextlib.suppress(OSError):  # another run's folder may be read-only here
+            folder.checkpoint.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,9 @@ OUTCOME_ATTR, PID_ATTR, HOST_ATTR = "outcome", "worker_pid", "worker_host"
 RETRY_ATTR, REASON_ATTR, WEIGHTS_ATTR = "retry_of", "reason", "weights"
 SEED_ATTR, RERANK_ATTR = "seed", "rerank_of"  # a re-ranking trial's seed and configuration
 EDIT_OF_ATTR = "edit_of"  # panda --interactive: the proposal this trial's values replaced
+# where a trial's folder is (its checkpoint), and the folder a retry continues from: on a shared
+# file system a retry on another machine or batch task picks up the checkpoint it left
+FOLDER_ATTR, RESUME_FOLDER_ATTR = "trial_folder", "resume_folder"
 SHARED_WEIGHTS_LIMIT = 4 * 2**20  # bytes of model.pt a trial stores in a database study
 # Attributes of the study: what a worker joining from another machine needs, how far it is.
 SPEC_ATTR, FINGERPRINT_ATTR, ROUNDS_ATTR = "spec", "fingerprint", "rounds"
@@ -282,6 +285,14 @@ def retried_number(trial: FrozenTrial | optuna.Trial) -> int | None:
     return None if retried is None else int(retried)
 
 
+def retry_attrs(trial: FrozenTrial) -> dict[str, Any]:
+    """What a retry of `trial` carries: the trial it replaces and the folder of its checkpoint."""
+    attrs: dict[str, Any] = {RETRY_ATTR: trial.number}
+    if FOLDER_ATTR in trial.user_attrs:
+        attrs[RESUME_FOLDER_ATTR] = trial.user_attrs[FOLDER_ATTR]
+    return attrs
+
+
 def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
     """Optuna's heartbeat callback: a trial whose worker stopped beating is queued again, once
     (a retry is not retried again); the retry names the trial it replaces."""
@@ -292,7 +303,7 @@ def retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={**trial.user_attrs, RETRY_ATTR: trial.number},
+            user_attrs={**trial.user_attrs, **retry_attrs(trial)},
             # as Optuna's RetryHeartbeatStaleTrialCallback records it, for Optuna's own tools
             system_attrs={"failed_trial": trial.number, "retry_history": [trial.number]},
         )
@@ -450,10 +461,12 @@ def first_beat(storage: optuna.storages.BaseStorage, trial: optuna.Trial) -> Non
         storage.record_heartbeat(trial._trial_id)  # noqa: SLF001 - the id record_heartbeat takes
 
 
-def mark_worker(trial: optuna.Trial) -> None:
-    """Record which process trains `trial`, so its death can be noticed (see fail_running)."""
+def mark_worker(trial: optuna.Trial, folder: Path) -> None:
+    """Record which process trains `trial`, so its death can be noticed (see fail_running),
+    and where its folder is, so a retry elsewhere can find its checkpoint."""
     trial.set_user_attr(PID_ATTR, os.getpid())
     trial.set_user_attr(HOST_ATTR, platform.node())
+    trial.set_user_attr(FOLDER_ATTR, str(folder.resolve()))
 
 
 def failure_reason(trial: FrozenTrial) -> Reason | None:
@@ -591,6 +604,7 @@ def fail_interrupted(
     live = optuna.trial.Trial(study, trial._trial_id)  # noqa: SLF001 - a running trial by id
     live.set_user_attr(OUTCOME_ATTR, outcome.to_json())
     study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    retry_cut_short(study, trial._trial_id)  # noqa: SLF001
 
 
 def _on_this_host(trial: FrozenTrial, pid: int | None) -> bool:
@@ -627,7 +641,6 @@ def retry_interrupted(study: optuna.Study) -> int:
     of using up the budget; how many."""
     trials = study.get_trials(deepcopy=False)
     replaced = replaced_numbers(trials)
-    queued = 0
     for trial in trials:
         if (
             trial.state == TrialState.FAIL
@@ -635,10 +648,30 @@ def retry_interrupted(study: optuna.Study) -> int:
             and RETRY_ATTR not in trial.user_attrs
             and trial.number not in replaced
         ):
-            kept = {k: v for k, v in trial.user_attrs.items() if k in (SEED_ATTR, RERANK_ATTR)}
-            study.enqueue_trial(trial.params, user_attrs={**kept, RETRY_ATTR: trial.number})
-            queued += 1
-    return queued
+            queue_retry(study, trial)
+    # with those queued in a database at the stop itself (retry_cut_short) or after a lost
+    # heartbeat: every retry waiting to run
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return sum(RETRY_ATTR in t.user_attrs for t in waiting)
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue `trial`'s configuration again, as its retry (same seed, its checkpoint's folder)."""
+    kept = {k: v for k, v in trial.user_attrs.items() if k in (SEED_ATTR, RERANK_ATTR)}
+    study.enqueue_trial(trial.params, user_attrs={**kept, **retry_attrs(trial)})
+
+
+def retry_cut_short(study: optuna.Study, trial_id: int) -> None:
+    """A database study: a trial cut short by a clean stop (SIGTERM from a batch scheduler, a
+    preempted task) is queued again at once, so whichever worker asks next continues it from
+    its checkpoint; a resume would do the same, but a study shared by many tasks may never be
+    resumed. Once per trial, as for a lost heartbeat."""
+    storage = study._storage  # noqa: SLF001 - the storage the study was opened on
+    if not is_database(storage):
+        return
+    trial = storage.get_trial(trial_id)
+    if RETRY_ATTR not in trial.user_attrs:
+        queue_retry(study, trial)
 
 
 def finish_recorded(study: optuna.Study, bounds: Sequence[Bound] = ()) -> int:

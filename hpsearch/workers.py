@@ -51,6 +51,7 @@ from hpsearch.storage import DatabaseUnreachable
 from hpsearch.strategies import ask_next, make_pruner, make_sampler
 from hpsearch.study import (
     RERANK_ATTR,
+    RESUME_FOLDER_ATTR,
     SEED_ATTR,
     beats_the_study,
     budget_lock,
@@ -66,6 +67,7 @@ from hpsearch.study import (
     record_interrupted,
     replace_trial,
     retried_number,
+    retry_cut_short,
     share_weights,
     skip_trial,
     tell_outcome,
@@ -165,6 +167,7 @@ def job_of(spec: Spec, trial: optuna.Trial, values: dict[str, Any]) -> TrialJob:
         values,
         seed=attrs.get(SEED_ATTR),
         resume_from=retried_number(trial),
+        resume_folder=attrs.get(RESUME_FOLDER_ATTR),
         rerank_of=attrs.get(RERANK_ATTR),
     )
 
@@ -259,7 +262,7 @@ def trial_loop(
                 if not asked:
                     continue
             for trial in asked:
-                mark_worker(trial)
+                mark_worker(trial, run.trial(trial.number).root)
                 proposals.append((trial, suggest(trial, task.params, task.spec)))
             if task.review is not None:  # panda: one trial at a time
                 trial, values = proposals[0]
@@ -275,7 +278,7 @@ def trial_loop(
                     if edit is None:
                         continue
                     asked.append(edit)
-                    mark_worker(edit)
+                    mark_worker(edit, run.trial(edit.number).root)
                     proposals = [(edit, suggest(edit, task.params, task.spec))]
             for group in shape_groups(task.spec, run, proposals):
                 for trial, outcome in train_group(task, run, storage, group, progress):
@@ -300,6 +303,7 @@ def trial_loop(
                 if trial.number not in told:
                     outcome = record_interrupted(run, trial.number, values.get(trial.number, {}))
                     tell_outcome(study, trial, outcome)
+                    retry_cut_short(study, trial._trial_id)  # noqa: SLF001 - the trial by id
             raise
 
 

@@ -1,3 +1,5 @@
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -112,3 +114,28 @@ def write_split_column_data(folder: Path) -> Path:
     path = folder / "mismatch.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+# PostgreSQL, for the distributed, database-fault and Slurm tests
+SERVER = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+
+
+@pytest.fixture
+def database():
+    """A fresh database for one test; skipped without a server unless CI requires one."""
+    psycopg = pytest.importorskip("psycopg")
+    admin = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    name = f"hpsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        connection = psycopg.connect(admin, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("HPSEARCH_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL is required here but unreachable: {exc}")
+        pytest.skip(f"no PostgreSQL server at {admin} ({exc.__class__.__name__})")
+    with connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{SERVER}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

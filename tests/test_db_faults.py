@@ -15,7 +15,7 @@ import optuna
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.test_distributed import database, hpsearch, spec_file, trials  # noqa: F401
+from tests.test_distributed import hpsearch, spec_file, trials
 
 pytestmark = pytest.mark.postgres
 EPOCHS = 15  # about a second a trial: the faults below land while trials remain
@@ -97,7 +97,7 @@ class Proxy:
 
 
 @pytest.fixture
-def proxied(database):  # noqa: F811 - the fixture imported above
+def proxied(database):
     """(the database's URL through a proxy, the proxy)."""
     url = make_url(database)
     proxy = Proxy((url.host, url.port or 5432))
@@ -170,7 +170,7 @@ def local_cluster() -> tuple[str, str]:
     pytest.skip("no online local PostgreSQL cluster on port 5432 to restart")
 
 
-def test_a_postgresql_restart_mid_run_costs_only_a_wait(tmp_path, database):  # noqa: F811
+def test_a_postgresql_restart_mid_run_costs_only_a_wait(tmp_path, database):
     if make_url(database).host not in ("127.0.0.1", "localhost"):
         pytest.skip("the test server is not local: it cannot be restarted from here")
     version, name = local_cluster()
@@ -244,7 +244,7 @@ def test_a_database_away_past_the_limit_stops_the_run_and_a_resume_finishes_it(t
     check_promises(url, "away", runs, 6)
 
 
-def test_a_worker_waiting_for_a_study_says_so(database, capsys):  # noqa: F811
+def test_a_worker_waiting_for_a_study_says_so(database, capsys):
     from hpsearch.errors import InputError
     from hpsearch.study import load_existing_study, open_storage
 

@@ -209,7 +209,7 @@ def test_a_recorded_outcome_the_study_failed_reads_as_interrupted(study):
 
 def test_fail_running_only_touches_the_dead_workers_trials(study, run):
     mine, other = ask(study), ask(study)
-    mark_worker(mine)
+    mark_worker(mine, run.trial(mine.number).root)
     other.set_user_attr("worker_pid", -1)
     other.set_user_attr("worker_host", "another-machine")
     fail_running(study, run, identity, pid=os.getpid())
