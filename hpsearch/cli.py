@@ -161,6 +161,14 @@ def run(
             help="Also log every trial to MLflow (tracking.mlflow; '' for ./mlflow.db).",
         ),
     ] = None,
+    on: Annotated[
+        str,
+        typer.Option(
+            metavar="WHERE",
+            help="Where caviar workers run: local processes, or Ray tasks: ray (RAY_ADDRESS, "
+            "a cluster running here, else a new local one), ray:HOST:PORT, ray://HOST:PORT.",
+        ),
+    ] = "local",
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the JSON summary on stdout.")
     ] = False,
@@ -188,6 +196,7 @@ def run(
         interactive=interactive,
         study=study,
         mlflow=mlflow,
+        on=on,
     )
     try:
         result = run_spec(spec, options, make_progress(quiet))

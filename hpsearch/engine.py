@@ -37,6 +37,7 @@ from hpsearch.objective import (
 )
 from hpsearch.outcome import Reason, RunState
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
+from hpsearch.ray_workers import RayCluster, connect, parse_on
 from hpsearch.remedies import check_remedies, resampling_info
 from hpsearch.review import PandaReviewer
 from hpsearch.runs import (
@@ -129,6 +130,7 @@ class RunOptions:
     interactive: bool = False
     study: str | None = None
     mlflow: str | None = None  # tracking.mlflow
+    on: str | None = None  # where caviar workers run: local processes, or Ray (ray_workers)
 
 
 @dataclass(frozen=True)
@@ -345,13 +347,15 @@ def run_search(
     resuming: bool = False,
     reviewer: Reviewer | None = None,
     study_name: str | None = None,
+    cluster: RayCluster | None = None,
 ) -> RunResult:
-    """Plan and run the search of `spec` in `run` (a new run folder, or a stopped one)."""
+    """Plan and run the search of `spec` in `run` (a new run folder, or a stopped one); its
+    caviar workers are local processes, or Ray tasks on `cluster`."""
     name = study_name or run.name
     tracker = _tracker(spec, run, name)
     if tracker is not None:
         progress = TrackingProgress(progress, tracker)
-    search = Search(spec, data, run, progress, name, reviewer, planner=True)
+    search = Search(spec, data, run, progress, name, reviewer, planner=True, cluster=cluster)
     if resuming:
         retried = recover(search.study, search.storage, run, search.decode, spec.objective.bounds)
         replaced = replaced_numbers(search.study.get_trials(deepcopy=False))
@@ -542,8 +546,10 @@ def _resume_owned(
     if spec.storage is not None:
         check_study_present(spec.storage, name, run)
     data = prepare(spec)
+    cluster = ray_cluster(options, spec)
     write_text(run.spec, spec_to_yaml(masked(spec)))
-    return run_search(spec, data, run, progress, True, reviewer_for(spec, progress), name)
+    reviewer = reviewer_for(spec, progress)
+    return run_search(spec, data, run, progress, True, reviewer, name, cluster)
 
 
 def check_journal_present(run: RunFolder) -> None:
@@ -623,11 +629,23 @@ def rerun(run_name: str, number: int, runs_dir: Path, device: str | None = None)
         return rerun_trial(spec, data, run, recorded, device=resolve_device(spec.device))
 
 
+def ray_cluster(options: RunOptions, spec: Spec) -> RayCluster | None:
+    """`--on ray...`: connect to the Ray cluster the caviar workers will run on (None: local
+    processes); said on stderr, with what the cluster has."""
+    address = parse_on(options.on)
+    if address is None:
+        return None
+    cluster = connect(address, spec, resolve_device(spec.device))
+    print(f"workers on Ray at {cluster.describe()}", file=sys.stderr, flush=True)
+    return cluster
+
+
 def run_spec(
     spec_path: Path, options: RunOptions, progress: ProgressSink | None = None
 ) -> RunResult:
     """`hpsearch run`: validate everything, then train one model or search."""
     progress = progress or SilentProgress()
+    parse_on(options.on)  # a wrong --on is refused before any work
     spec = with_overrides(load_spec(spec_path), options)
     spec = resolve_init_from(spec, options.runs_dir)
     try:
@@ -646,6 +664,7 @@ def run_spec(
                 return join_study(
                     spec.storage, options.study, options.runs_dir, progress, options.workers
                 )
+            cluster = ray_cluster(options, spec)
             run = start_run(spec, data, options.runs_dir, options.study)
             with RunOwner(run):
                 return run_search(
@@ -655,6 +674,7 @@ def run_spec(
                     progress,
                     reviewer=reviewer_for(spec, progress),
                     study_name=options.study,
+                    cluster=cluster,
                 )
     except DatabaseUnreachable as down:
         where = getattr(down.run, "root", "RUN")

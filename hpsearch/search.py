@@ -23,6 +23,7 @@ from hpsearch.errors import DiskFull, InputError
 from hpsearch.objective import rerank_seed, score_best
 from hpsearch.outcome import RunState
 from hpsearch.progress import ProgressSink, Reviewer
+from hpsearch.ray_workers import RayCluster, run_ray_tasks
 from hpsearch.rounds import plan_round, round_budgets, round_count, total_budget
 from hpsearch.runs import RunFolder
 from hpsearch.space import decode_params, parse_space, to_optuna_params
@@ -78,6 +79,7 @@ class Search:
         reviewer: Reviewer | None = None,
         workers: int | None = None,
         planner: bool = False,
+        cluster: RayCluster | None = None,
     ):
         assert spec.search is not None
         self.spec, self.search, self.data, self.run = spec, spec.search, data, run
@@ -85,6 +87,9 @@ class Search:
         self.study_name = study_name
         self.params = parse_space(spec)
         self.device = resolve_device(spec.device)
+        self.cluster = cluster  # caviar workers as Ray tasks there (None: local processes)
+        if workers is None and cluster is not None and self.search.workers == "auto":
+            workers = cluster.slots(self.device)
         self.workers = workers or worker_count(self.search, self.device)
         timeout = self.search.timeout
         self.deadline = time.time() + parse_duration(timeout) if timeout else None
@@ -218,14 +223,19 @@ class Search:
     def run_round(self, target: int, index: int) -> bool:
         """Train the round up to `target`: here (panda, one worker) or in worker processes.
         True when the user stopped the search."""
-        if self.search.mode == "panda" or self.workers == 1:
+        if self.search.mode == "panda" or (self.workers == 1 and self.cluster is None):
             task = self.task(target, 0, index)
             return trial_loop(task, self.progress, lambda _: self.live.refresh())
         # never more processes than trials left in the round (4 workers for 1 trial: 1)
         before = budget_used(self.study)
         count = max(1, min(self.workers, target - before))
         tasks = [self.task(target, w, index, count) for w in range(count)]
-        codes = run_processes(tasks, self.live.refresh, self.fail_trials_of, progress=self.progress)
+        if self.cluster is not None:
+            codes = run_ray_tasks(tasks, self.device, self.live.refresh)
+        else:
+            codes = run_processes(
+                tasks, self.live.refresh, self.fail_trials_of, progress=self.progress
+            )
         if DISK_FULL_EXIT in codes:
             raise DiskFull(str(self.run.trials_dir))
         if DATABASE_EXIT in codes:
