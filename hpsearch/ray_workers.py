@@ -147,8 +147,9 @@ def run_ray_tasks(
         if gpus:  # Ray shows each task its own GPU as cuda:0
             spec = spec.model_copy(update={"device": "cuda"})
         # a Ray worker's working directory is not ours: the run folder by its full path
-        task = replace(task, spec=spec, data=None, gpu=None, threads=1)
-        refs.append(remote.remote(replace(task, run_root=task.run_root.resolve()), data))
+        root = task.run_root.resolve()
+        task = replace(task, spec=spec, data=None, gpu=None, threads=1, run_root=root)
+        refs.append(remote.remote(task, data))
     codes: dict[Any, int] = {}
     pending = list(refs)
     try:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 
-from tests.test_distributed import GRID_12, trials
+from tests.test_distributed import GRID_12, spec_file, trials
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slurm]
 
@@ -47,21 +46,6 @@ def slurm():
         if os.environ.get("HPSEARCH_REQUIRE_SLURM"):
             pytest.fail(f"Slurm is required here but not usable: {reason}")
         pytest.skip(reason)
-
-
-def spec_file(folder: Path, search: dict, epochs: int) -> Path:
-    raw = {
-        "name": "slurm",
-        "seed": 0,
-        "device": "cpu",
-        "data": {"source": "sklearn:digits"},
-        "model": {"hidden": [32]},
-        "train": {"epochs": epochs, "early_stopping": None},
-        "search": search,
-    }
-    path = folder / "slurm.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def submit(folder: Path, url: str, study: str, spec: Path, array: str, **env: str) -> str:
@@ -132,9 +116,7 @@ def exit_codes(job: str) -> dict[str, str]:
 def planner_summary(folder: Path) -> dict:
     """The summary of the task that created the study (its run folder is named after the spec;
     a task that joined writes into a folder named after the study)."""
-    summaries = [
-        json.loads(path.read_text()) for path in folder.glob("runs/*/slurm-*/summary.json")
-    ]
+    summaries = [json.loads(path.read_text()) for path in folder.glob("runs/*/dist-*/summary.json")]
     assert len(summaries) == 1, [str(p) for p in folder.glob("runs/*/*/summary.json")]
     return summaries[0]
 
