@@ -1,3 +1,3 @@
-from hpsearch.cli import app
+from hpsearch.cli import main
 
-app()
+main()

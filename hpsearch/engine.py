@@ -22,7 +22,6 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import DiskFull, InputError
@@ -51,13 +50,14 @@ from hpsearch.runs import (
     write_text,
 )
 from hpsearch.search import Search
-from hpsearch.space import apply_params, decode_params, parse_space
+from hpsearch.space import apply_params, parse_space
 from hpsearch.spec import (
     Spec,
     check_objective_fits_search,
     check_resume_compatible,
     format_path,
     load_spec,
+    masked,
     spec_from_dict,
     spec_to_yaml,
 )
@@ -71,21 +71,19 @@ from hpsearch.storage import (
 )
 from hpsearch.strategies import check_strategy
 from hpsearch.study import (
-    FINAL_ATTR,
     FINGERPRINT_ATTR,
     ROUNDS_ATTR,
     SPEC_ATTR,
     STATE_ATTR,
     load_existing_study,
-    load_rounds,
     open_storage,
     quiet_optuna,
     recover,
     repair_journal,
     replaced_numbers,
-    study_outcomes,
+    study_spec,
 )
-from hpsearch.summary import best_outcome, build_summary, write_summary
+from hpsearch.summary import best_outcome, write_summary
 from hpsearch.tracking import MlflowTracker, TrackingProgress, open_tracker
 from hpsearch.train import resolve_device
 from hpsearch.transfer import plan as transfer_plan
@@ -249,18 +247,6 @@ def environment(spec: Spec, device: torch.device) -> dict[str, Any]:
         "seed": spec.seed,
         "command": mask_args(sys.argv),
     }
-
-
-def masked(spec: Spec) -> Spec:
-    """The spec as written to disk: a storage or tracking URL's password never reaches a file."""
-    update: dict[str, Any] = {}
-    if spec.storage is not None:
-        update["storage"] = mask_url(spec.storage)
-    if spec.tracking is not None and spec.tracking.mlflow:
-        update["tracking"] = spec.tracking.model_copy(
-            update={"mlflow": mask_url(spec.tracking.mlflow)}
-        )
-    return spec.model_copy(update=update) if update else spec
 
 
 def write_run_files(run: RunFolder, spec: Spec, data: Dataset, study: str | None = None) -> None:
@@ -441,7 +427,7 @@ def join_study(
                 ticker.tick()
             time.sleep(0.5)
             study = load_existing_study(storage, study_name)
-        spec = _study_spec(study, url, study_name, **({"device": device} if device else {}))
+        spec = study_spec(study, url, study_name, **({"device": device} if device else {}))
         if data_path is not None:
             data_spec = spec.data.model_copy(update={"source": str(data_path.resolve())})
             spec = spec.model_copy(update={"data": data_spec})
@@ -462,36 +448,6 @@ def join_study(
             except DatabaseUnreachable as down:
                 down.resume = down.resume or "start the worker again once the database is back"
                 raise
-
-
-def _study_spec(study: optuna.Study, url: str, name: str, **update: Any) -> Spec:
-    raw = yaml.safe_load(study.user_attrs[SPEC_ATTR])
-    return spec_from_dict({**raw, "storage": url, **update}, source=f"study {name}")
-
-
-def study_folder(url: str, study_name: str, runs_dir: Path) -> RunFolder:
-    """`report --storage --study`: a local run folder rebuilt from the database alone."""
-    with quiet_optuna():
-        probe_storage(url)
-        study = load_existing_study(open_storage(url, Path(os.devnull)), study_name)
-        if SPEC_ATTR not in study.user_attrs:
-            raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
-        spec = _study_spec(study, url, study_name)
-        run = RunFolder(runs_dir / study_name)
-        run.root.mkdir(parents=True, exist_ok=True)
-        write_text(run.spec, spec_to_yaml(masked(spec)))
-        params = parse_space(spec)
-        outcomes = study_outcomes(study, lambda stored: decode_params(params, stored))
-        final = study.user_attrs.get(FINAL_ATTR) or {}
-        test = (final.get("best") or {}).get("metrics", {})
-        test = {k: v for k, v in test.items() if k.startswith("test_")}
-        state = study.user_attrs.get(STATE_ATTR, RunState.RUNNING.value)
-        summary = build_summary(
-            run, spec, outcomes, state, test, final.get("diagnosis"), None, study_name
-        )
-        write_json(run.summary, summary)
-        write_json(run.rounds, load_rounds(study))
-        return run
 
 
 def reviewer_for(spec: Spec, progress: ProgressSink) -> Reviewer | None:

@@ -983,3 +983,49 @@ def run_date(folder: RunFolder) -> str:
     except OSError:
         return "—"
     return when.strftime("%Y-%m-%d %H:%M")
+
+
+def study_folder(url: str, study_name: str, runs_dir: Path) -> RunFolder:
+    """`report --storage --study`: a local run folder rebuilt from the database alone."""
+    # the study's layer (Optuna, SQLAlchemy) only for this: reading a folder does not need it
+    from os import devnull
+
+    from hpsearch.outcome import RunState
+    from hpsearch.runs import write_json
+    from hpsearch.space import decode_params, parse_space
+    from hpsearch.spec import masked, spec_to_yaml
+    from hpsearch.storage import probe_storage
+    from hpsearch.study import (
+        FINAL_ATTR,
+        SPEC_ATTR,
+        STATE_ATTR,
+        load_existing_study,
+        load_rounds,
+        open_storage,
+        quiet_optuna,
+        study_outcomes,
+        study_spec,
+    )
+    from hpsearch.summary import build_summary
+
+    with quiet_optuna():
+        probe_storage(url)
+        study = load_existing_study(open_storage(url, Path(devnull)), study_name)
+        if SPEC_ATTR not in study.user_attrs:
+            raise InputError(f"--study: study '{study_name}' has no hpsearch spec attached")
+        spec = study_spec(study, url, study_name)
+        run = RunFolder(runs_dir / study_name)
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_text(run.spec, spec_to_yaml(masked(spec)))
+        params = parse_space(spec)
+        outcomes = study_outcomes(study, lambda stored: decode_params(params, stored))
+        final = study.user_attrs.get(FINAL_ATTR) or {}
+        test = (final.get("best") or {}).get("metrics", {})
+        test = {k: v for k, v in test.items() if k.startswith("test_")}
+        state = study.user_attrs.get(STATE_ATTR, RunState.RUNNING.value)
+        summary = build_summary(
+            run, spec, outcomes, state, test, final.get("diagnosis"), None, study_name
+        )
+        write_json(run.summary, summary)
+        write_json(run.rounds, load_rounds(study))
+        return run

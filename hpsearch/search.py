@@ -42,6 +42,7 @@ from hpsearch.study import (
     is_database,
     load_rounds,
     open_storage,
+    refresh_statistics,
     save_rounds,
 )
 from hpsearch.summary import LiveSummary, best_outcome, ranked_outcomes
@@ -59,6 +60,7 @@ from hpsearch.workers import (
 )
 
 ENDED = (RunState.FINISHED, RunState.STOPPED, RunState.INTERRUPTED)  # joiners leave then
+STATISTICS_FROM = 500  # trials in a database study when its statistics are first refreshed
 
 
 class Search:
@@ -105,6 +107,7 @@ class Search:
         self.live = LiveSummary(
             run, spec, self.study, self.decode, progress.trial_finished, self.total, study_name
         )
+        self.analyzed_at = STATISTICS_FROM // 2  # trials in the study when last analyzed
 
     def decode(self, params: dict[str, Any]) -> dict[str, Any]:
         return decode_params(self.params, params)
@@ -225,17 +228,15 @@ class Search:
         True when the user stopped the search."""
         if self.search.mode == "panda" or (self.workers == 1 and self.cluster is None):
             task = self.task(target, 0, index)
-            return trial_loop(task, self.progress, lambda _: self.live.refresh())
+            return trial_loop(task, self.progress, lambda _: self.follow())
         # never more processes than trials left in the round (4 workers for 1 trial: 1)
         before = budget_used(self.study)
         count = max(1, min(self.workers, target - before))
         tasks = [self.task(target, w, index, count) for w in range(count)]
         if self.cluster is not None:
-            codes = run_ray_tasks(tasks, self.device, self.live.refresh)
+            codes = run_ray_tasks(tasks, self.device, self.follow)
         else:
-            codes = run_processes(
-                tasks, self.live.refresh, self.fail_trials_of, progress=self.progress
-            )
+            codes = run_processes(tasks, self.follow, self.fail_trials_of, progress=self.progress)
         if DISK_FULL_EXIT in codes:
             raise DiskFull(str(self.run.trials_dir))
         if DATABASE_EXIT in codes:
@@ -270,6 +271,14 @@ class Search:
             else stack_for(self.search, room, workers, database),
         )
 
+    def follow(self) -> None:
+        """While trials run: report those that finished; the planner also keeps the
+        database's statistics fresh as the study doubles in size (see refresh_statistics)."""
+        self.live.refresh()
+        if self.planner and len(self.live.ledger.trials) >= self.analyzed_at * 2:
+            refresh_statistics(self.storage)
+            self.analyzed_at = len(self.live.ledger.trials)
+
     def fail_trials_of(self, pid: int) -> None:
         """A worker died mid-trial: its trial is failed now, not left RUNNING."""
         fail_running(self.study, self.run, self.decode, pid)
@@ -282,7 +291,7 @@ class Search:
                 # one machine: our workers have all exited
                 fail_running(self.study, self.run, self.decode)
                 return
-            self.live.refresh()
+            self.follow()
             time.sleep(1.0)
 
     def stop(self) -> dict[str, Any]:

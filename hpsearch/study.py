@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import yaml
 from optuna.storages._heartbeat import BaseHeartbeat  # what fail_stale_trials requires
 from optuna.trial import FrozenTrial, TrialState
 
@@ -37,7 +38,7 @@ from hpsearch.outcome import Reason, TrialOutcome, interrupted_outcome
 from hpsearch.outcome import TrialState as OutcomeState
 from hpsearch.pareto import dominated
 from hpsearch.runs import RunFolder, read_json, write_bytes, write_json
-from hpsearch.spec import Bound
+from hpsearch.spec import Bound, Spec, spec_from_dict
 from hpsearch.storage import (
     DatabaseUnreachable,
     Ticker,
@@ -193,6 +194,34 @@ def is_database(storage: optuna.storages.BaseStorage) -> bool:
     return isinstance(storage, (RetryingStorage, optuna.storages.RDBStorage))
 
 
+# Optuna's tables that a study's reads filter by trial: their planner statistics matter
+STUDY_TABLES = (
+    "trials",
+    "trial_params",
+    "trial_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_intermediate_values",
+    "trial_heartbeats",
+)
+
+
+def refresh_statistics(storage: optuna.storages.BaseStorage) -> None:
+    """PostgreSQL: bring the query planner's statistics on Optuna's tables up to date.
+
+    Optuna reads a study's new and unfinished trials by trial id; planned from statistics
+    taken when the study was small, PostgreSQL answers that by scanning every trial of the
+    study instead of using the primary key, so each read grows with the study. Autovacuum
+    refreshes them on most servers, but not where it is off, or not yet; the planner calls
+    this as the study grows. Best effort: a user who may not analyze the tables is skipped."""
+    if not is_database(storage) or storage.engine.dialect.name != "postgresql":
+        return
+    from sqlalchemy import text
+
+    with contextlib.suppress(Exception), storage.engine.begin() as connection:
+        connection.execute(text(f"ANALYZE {', '.join(STUDY_TABLES)}"))
+
+
 class Hold:
     """A budget lock while held; `lost` once the database dropped it before its release."""
 
@@ -315,11 +344,88 @@ def replaced_numbers(trials: list[FrozenTrial]) -> set[int]:
     return {n for n in map(retried_number, trials) if n is not None}
 
 
+class TrialLedger:
+    """A study's trials, tallied as they finish: what a worker asks before each trial (the
+    budget used, whether a result beats the study) and what the planner asks on each tick
+    (which trials finished since) cost the same at the ten-thousandth trial as at the first.
+
+    Each `refresh` reads the study's trial list once (Optuna's cache: finished trials are not
+    read from the storage again) and walks only the trials from the oldest unfinished one on;
+    trials before it are finished, and a finished trial never changes, except that a retry
+    queued later may replace it (a new trial, so it is walked)."""
+
+    def __init__(self, study: optuna.Study):
+        self.study = study
+        self.trials: list[FrozenTrial] = []  # as the last refresh read them, by number
+        self.low = 0  # every trial before this index is finished and tallied
+        self.replaced: set[int] = set()  # trials a retry replaces
+        self.counted_low = 0  # trials before `low` that count against the budget
+        self.front_low: list[Sequence[float]] = []  # values no complete trial before low beats
+        self._reported: set[int] = set()  # finished trials from `low` on, already handed out
+        self._fresh: list[FrozenTrial] = []
+
+    def refresh(self) -> list[FrozenTrial]:
+        """Read the study again; returns its trials."""
+        trials = self.study.get_trials(deepcopy=False)
+        for trial in trials[self.low :]:
+            retried = retried_number(trial)
+            if retried is not None and retried not in self.replaced:
+                self.replaced.add(retried)
+                self.counted_low -= retried < self.low  # tallied as counted: it is not now
+            if trial.state in FINISHED and trial.number not in self._reported:
+                self._reported.add(trial.number)
+                self._fresh.append(trial)
+        while self.low < len(trials) and trials[self.low].state in FINISHED:
+            settled = trials[self.low]
+            self.counted_low += settled.number not in self.replaced
+            if settled.state == TrialState.COMPLETE and settled.values is not None:
+                self._keep_on_front(settled.values)
+            self._reported.discard(settled.number)
+            self.low += 1
+        self.trials = trials
+        return trials
+
+    def budget_used(self) -> int:
+        """Trials that count against the budget: finished or running, not ones replaced by a
+        retry (as of the last refresh)."""
+        recent = self.trials[self.low :]
+        return self.counted_low + sum(
+            t.state in COUNTED and t.number not in self.replaced for t in recent
+        )
+
+    def finished_since(self) -> list[FrozenTrial]:
+        """Trials that finished since the last call (in number order)."""
+        fresh, self._fresh = sorted(self._fresh, key=lambda t: t.number), []
+        return fresh
+
+    def beaten(self, values: Sequence[float]) -> bool:
+        """Whether a complete trial dominates objective `values` (as of the last refresh): with
+        one objective, whether one is strictly better."""
+        recent = [
+            t.values
+            for t in self.trials[self.low :]
+            if t.state == TrialState.COMPLETE and t.values is not None
+        ]
+        return dominated(values, [*self.front_low, *recent], self._directions())
+
+    def _directions(self) -> list[str]:
+        return [d.name.lower() for d in self.study.directions]
+
+    def _keep_on_front(self, values: Sequence[float]) -> None:
+        # a point one on the front does not beat can only push out points it beats: the front
+        # stays as small as the trade-offs found (one value, with a single objective)
+        directions = self._directions()
+        if values in self.front_low or dominated(values, self.front_low, directions):
+            return
+        kept = [p for p in self.front_low if not dominated(p, [values], directions)]
+        self.front_low = [*kept, list(values)]
+
+
 def budget_used(study: optuna.Study) -> int:
     """Trials that count against the budget: finished or running, not ones replaced by a retry."""
-    trials = study.get_trials(deepcopy=False)
-    replaced = replaced_numbers(trials)
-    return sum(t.state in COUNTED and t.number not in replaced for t in trials)
+    ledger = TrialLedger(study)
+    ledger.refresh()
+    return ledger.budget_used()
 
 
 def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
@@ -392,16 +498,12 @@ def tell_outcome(
 MAX_VIOLATION = 1e300  # a metric a trial lacks: this far outside (a constraint must be finite)
 
 
-def beats_the_study(study: optuna.Study, values: list[float]) -> bool:
+def beats_the_study(ledger: TrialLedger, values: list[float]) -> bool:
     """Whether objective `values` are as good as every complete trial's so far (a tie may still
     win: the best trial is the earliest of equals); with several objectives, whether no
     complete trial dominates them (the trial joins the front the pick is made from)."""
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    points = [t.values for t in done if t.values is not None]
-    if not points:
-        return True
-    directions = [d.name.lower() for d in study.directions]
-    return not dominated(values, points, directions)
+    ledger.refresh()
+    return not ledger.beaten(values)
 
 
 def share_weights(trial: optuna.Trial, model: Path) -> None:
@@ -710,3 +812,9 @@ def recover(
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_interrupted(study, trial, run, decode)
     return retry_interrupted(study)
+
+
+def study_spec(study: optuna.Study, url: str, name: str, **update: Any) -> Spec:
+    """The spec a study carries (see SPEC_ATTR), for `url`, with `update` applied."""
+    raw = yaml.safe_load(study.user_attrs[SPEC_ATTR])
+    return spec_from_dict({**raw, "storage": url, **update}, source=f"study {name}")

@@ -8,21 +8,23 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpsearch.data import Dataset
 from hpsearch.diagnosis import Sample, diagnose
 from hpsearch.errors import DiskFull, is_disk_full
-from hpsearch.objective import FinalEvaluation
 from hpsearch.outcome import Reason, RunState, TrialOutcome, TrialState
 from hpsearch.pareto import Choice, choose, front_outcomes, pick_rule, violation
 from hpsearch.runs import RunFolder, write_json
 from hpsearch.space import apply_params
 from hpsearch.spec import Spec
 from hpsearch.storage import mask_url
-from hpsearch.study import Decode, outcome_of, replaced_numbers
+from hpsearch.study import Decode, TrialLedger, outcome_of
+
+if TYPE_CHECKING:  # types only: building a summary needs neither torch nor the data's loaders
+    from hpsearch.data import Dataset
+    from hpsearch.objective import FinalEvaluation
 
 STATES = tuple(TrialState)
 SUMMARY_INTERVAL = 1.0  # seconds between rewrites of a running search's summary.json, at least
@@ -387,25 +389,55 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def search_status(
-    spec: Spec,
-    outcomes: list[TrialOutcome],
-    total: int | None,
-    elapsed: float,
-    done_before: int = 0,
-) -> SearchStatus:
-    best = best_outcome(spec, outcomes)
-    return SearchStatus(
-        done=len(outcomes),
-        total=total,
-        counts={s.value: sum(o.state == s for o in outcomes) for s in STATES},
-        best_value=best.value if best else None,
-        best_trial=best.number if best else None,
-        metric=spec.objective.metric,
-        elapsed=elapsed,
-        done_before=done_before,
-        front=len(front_outcomes(spec.objective, outcomes)) if spec.objective.several else None,
-    )
+class StatusTally:
+    """The counted trials of a running search (a trial replaced by its retry counts once, as
+    the retry), tallied as they finish: the counts per state and, with one objective and no
+    re-ranking, the best trial are kept up to date trial by trial, so the status line costs
+    the same at the ten-thousandth trial as at the first. With several objectives (the front's
+    pick) or re-ranked configurations (means over seeds) the best depends on every trial and
+    is found again from all of them."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.counted: dict[int, TrialOutcome] = {}
+        self.counts: Counter[str] = Counter()
+        self._best: TrialOutcome | None = None
+        self._composable = not spec.objective.several  # until a re-ranking trial finishes
+
+    def add(self, outcome: TrialOutcome) -> None:
+        self.counted[outcome.number] = outcome
+        self.counts[outcome.state] += 1
+        self._composable &= outcome.rerank_of is None
+        if self._composable:  # the best of the best so far and this one
+            self._best = best_outcome(self.spec, [o for o in (self._best, outcome) if o])
+
+    def remove(self, number: int) -> None:
+        """Trial `number` was replaced by a retry (an interrupted trial: never the best)."""
+        outcome = self.counted.pop(number, None)
+        if outcome is not None:
+            self.counts[outcome.state] -= 1
+
+    def best(self) -> TrialOutcome | None:
+        if self._composable:
+            return self._best
+        return best_outcome(self.spec, list(self.counted.values()))
+
+    def status(self, total: int | None, elapsed: float, done_before: int) -> SearchStatus:
+        best = self.best()
+        several = self.spec.objective.several
+        return SearchStatus(
+            done=len(self.counted),
+            total=total,
+            counts={s.value: self.counts[s] for s in STATES},
+            best_value=best.value if best else None,
+            best_trial=best.number if best else None,
+            metric=self.spec.objective.metric,
+            elapsed=elapsed,
+            done_before=done_before,
+            front=len(front_outcomes(self.spec.objective, list(self.counted.values())))
+            if several
+            else None,
+        )
 
 
 # Told of each newly finished trial; the last of a batch also gets the search's status.
@@ -416,8 +448,10 @@ class LiveSummary:
     """Follows a running study: shows trials that finished since the last look and rewrites
     summary.json.
 
-    Only new trials are decoded, and the running summary is rewritten at most once a second
-    (the final one always), so a trial's bookkeeping does not grow with the study.
+    Only trials that finished since the last look are read and decoded (see `TrialLedger`),
+    the status is kept up to date trial by trial (`StatusTally`), and the running summary is
+    rewritten at most once a second and at most a tenth of the time (the final one always),
+    so a trial's bookkeeping does not grow with the study.
     """
 
     def __init__(
@@ -435,8 +469,10 @@ class LiveSummary:
         self.total = total
         self.study_name = study_name
         self.started = time.perf_counter()
-        self.known = self.outcomes()  # finished trials reported so far
-        self.reported = {o.number for o in self.known}
+        self.ledger = TrialLedger(study)
+        self.tally = StatusTally(spec)
+        self.known: list[TrialOutcome] = []  # finished trials reported so far
+        self._read_fresh()
         # a resumed search keeps these; its interrupted trials are retried (and counted then)
         self.done_before = sum(o.reason_kind != Reason.INTERRUPTED for o in self.known)
         self.written = 0.0  # perf_counter() of the last running summary
@@ -446,19 +482,24 @@ class LiveSummary:
         trials = self.study.get_trials(deepcopy=False)
         return [o for o in (outcome_of(t, self.decode) for t in trials) if o is not None]
 
-    def refresh(self) -> None:
-        fresh = []
-        for trial in self.study.get_trials(deepcopy=False):
-            if trial.number not in self.reported:
-                outcome = outcome_of(trial, self.decode)
-                if outcome is not None:
-                    fresh.append(outcome)
-        if not fresh:
-            return
-        fresh.sort(key=lambda o: o.number)
+    def _read_fresh(self) -> list[TrialOutcome]:
+        """Outcomes of the trials that finished since the last look, tallied."""
+        self.ledger.refresh()
+        fresh = [outcome_of(t, self.decode) for t in self.ledger.finished_since()]
+        fresh = [o for o in fresh if o is not None]
         self.known.extend(fresh)
         for outcome in fresh:
-            self.reported.add(outcome.number)
+            if outcome.number not in self.ledger.replaced:
+                self.tally.add(outcome)
+        for number in [n for n in self.ledger.replaced if n in self.tally.counted]:
+            self.tally.remove(number)
+        return fresh
+
+    def refresh(self) -> None:
+        fresh = self._read_fresh()
+        if not fresh:
+            return
+        for outcome in fresh:
             last = outcome is fresh[-1]
             self.on_finished(outcome, self.status() if last else None)
         now = time.perf_counter()
@@ -477,9 +518,7 @@ class LiveSummary:
     def status(self) -> SearchStatus:
         """Counted against the budget: a trial replaced by its retry counts once, as the retry."""
         elapsed = time.perf_counter() - self.started
-        replaced = replaced_numbers(self.study.get_trials(deepcopy=False))
-        counted = [o for o in self.known if o.number not in replaced]
-        return search_status(self.spec, counted, self.total(), elapsed, self.done_before)
+        return self.tally.status(self.total(), elapsed, self.done_before)
 
     def write(
         self,

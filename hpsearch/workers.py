@@ -8,8 +8,6 @@ the engine: the planner hands them callbacks (progress, the live summary).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import math
 import multiprocessing
 import os
@@ -35,6 +33,7 @@ from hpsearch.objective import (
     run_stack,
 )
 from hpsearch.outcome import Reason, TrialOutcome
+from hpsearch.processes import adopt_environment, die_with, worker_context
 from hpsearch.progress import (
     ProgressSink,
     QueueProgress,
@@ -53,9 +52,9 @@ from hpsearch.study import (
     RERANK_ATTR,
     RESUME_FOLDER_ATTR,
     SEED_ATTR,
+    TrialLedger,
     beats_the_study,
     budget_lock,
-    budget_used,
     fail_stale,
     first_beat,
     heartbeat,
@@ -75,7 +74,6 @@ from hpsearch.study import (
 
 DISK_FULL_EXIT = 28  # a worker's exit code when the disk is full (ENOSPC)
 DATABASE_EXIT = 75  # a worker's exit code when the database stayed away (EX_TEMPFAIL)
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 STOP_GRACE = 5.0  # seconds workers get to record their trials as interrupted on Ctrl-C
 
 
@@ -235,6 +233,7 @@ def trial_loop(
     )
     target = task.target
     database = is_database(storage)
+    ledger = TrialLedger(study)  # the study's trials, read incrementally
     while True:
         if run.stop_requested() or (task.deadline and time.time() >= task.deadline):
             return False
@@ -248,7 +247,8 @@ def trial_loop(
             # a stop while asking waits until the trial is in `asked`, so it is recorded
             with deferred_stop(), budget_lock(storage, task.study_name, run.root) as hold:
                 fail_stale(study, storage)
-                room = target - budget_used(study)
+                ledger.refresh()
+                room = target - ledger.budget_used()
                 if room <= 0:
                     return False
                 for _ in range(min(task.stack, room)):
@@ -283,7 +283,7 @@ def trial_loop(
             for group in shape_groups(task.spec, run, proposals):
                 for trial, outcome in train_group(task, run, storage, group, progress):
                     values = outcome.values or [outcome.value]
-                    if database and outcome.value is not None and beats_the_study(study, values):
+                    if database and outcome.value is not None and beats_the_study(ledger, values):
                         share_weights(trial, run.trial(trial.number).model)
                     counted = tell_outcome(study, trial, outcome, task.spec.objective.bounds)
                     told.add(trial.number)
@@ -310,29 +310,22 @@ def trial_loop(
 # --- processes --------------------------------------------------------------------------------
 
 
-def _die_with_planner() -> None:
-    """A worker never outlives the process that started it: on Linux the kernel sends it
-    SIGTERM (a clean stop: its trials are recorded as interrupted) when the planner dies, even
-    by SIGKILL; elsewhere the trial loop checks between trials."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if not planner_alive():  # it died before the request above took effect
-        sys.exit(130)
-
-
 def planner_alive() -> bool:
     """False in a worker process whose planner is gone (always True in the planner)."""
     parent = multiprocessing.parent_process()
-    return parent is None or (os.getppid() == parent.pid and parent.is_alive())
+    return parent is None or parent.is_alive()
 
 
-def _worker_main(tasks: Any, events: Any = None) -> None:
+def _worker_main(tasks: Any, events: Any = None, environment: dict[str, str] | None = None) -> None:
     """Entry point of a caviar worker process: take a task from the planner's queue, work;
-    with `events`, tell the planner's live view of each trial's start and epochs."""
+    with `events`, tell the planner's live view of each trial's start and epochs. A worker
+    never outlives its planner: when the planner dies, even by SIGKILL, the worker stops as
+    on SIGTERM (its trials are recorded as interrupted)."""
     for stop in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(stop, signal.default_int_handler)  # stop like Ctrl-C
-    _die_with_planner()
+    if environment is not None:
+        adopt_environment(environment)
+    die_with(multiprocessing.parent_process())
     try:
         task: WorkerTask = tasks.get()
         if task.gpu is not None:
@@ -368,10 +361,10 @@ def run_processes(
     (report finished trials), `on_dead(pid)` once for a worker that died; `progress`, when it
     follows workers, hears each trial's start and epochs as they happen. On Ctrl-C the
     workers get STOP_GRACE seconds to record their trials as interrupted, then are killed."""
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     # Tasks (with the data) go through a queue, fed by a background thread, rather than as
-    # the processes' arguments: a start then returns at once, so the workers import torch
-    # side by side instead of one after another, and a stop is never stuck in a start.
+    # the processes' arguments: a start then returns at once, and a stop is never stuck in a
+    # start.
     queue = context.Queue()
     follow = progress is not None and progress.follows_workers
     events = context.Queue() if follow else None
@@ -385,7 +378,9 @@ def run_processes(
     try:
         for w in range(len(tasks)):
             process = context.Process(
-                target=_worker_main, args=(queue, events), name=f"hpsearch-worker-{w}"
+                target=_worker_main,
+                args=(queue, events, dict(os.environ)),
+                name=f"hpsearch-worker-{w}",
             )
             processes.append(process)
             process.start()

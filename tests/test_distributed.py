@@ -93,9 +93,17 @@ def test_three_workers_share_a_twelve_trial_grid(tmp_path, database):
     assert "test_error" in best["metrics"]
 
     # the database alone is enough for a report: trial outcomes, the best and its test error
-    from hpsearch.engine import study_folder
+    from hpsearch.report import study_folder
 
     summary = read_json(study_folder(database, "grid12", tmp_path / "elsewhere").summary)
+    # ... and it needs no torch: a report of a large study does not wait for it to import
+    code = (
+        "import sys; from hpsearch.report import study_folder; "
+        f"study_folder({database!r}, 'grid12', __import__('pathlib').Path({str(tmp_path)!r})); "
+        "print('torch' in sys.modules)"
+    )
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert imported.stdout.strip() == "False", imported.stderr
     assert summary["counts"]["complete"] == 12
     assert summary["state"] == "finished"
     assert summary["best"]["metrics"]["test_error"] is not None
@@ -238,3 +246,33 @@ def test_a_two_objective_study_is_shared_through_the_database(tmp_path, database
     assert summary["pick"]["trial"] == summary["best"]["trial"]
     assert summary["best"]["metrics"]["n_params"] <= 5000
     assert summary["best"]["metrics"]["test_error"] is not None
+
+
+def test_the_planner_refreshes_the_database_statistics_as_the_study_grows(
+    tmp_path, database, monkeypatch
+):
+    """Where autovacuum is off (or behind), PostgreSQL plans Optuna's reads of a grown study
+    from the statistics of an empty one and scans the whole study for each: the planner
+    analyzes Optuna's tables itself as the study doubles in size."""
+    import psycopg
+
+    import hpsearch.search as search_module
+    from hpsearch.engine import RunOptions, run_spec
+
+    monkeypatch.setattr(search_module, "STATISTICS_FROM", 4)  # then 4, 8: twice in 10 trials
+    spec = spec_file(
+        tmp_path,
+        {
+            "trials": 10,
+            "workers": 1,
+            "stack": "off",  # one trial at a time: the planner looks after each
+            "space": {"train.lr": {"low": 1e-3, "high": 1e-1}},
+        },
+        epochs=1,
+    )
+    run_spec(spec, RunOptions(runs_dir=tmp_path / "runs", storage=database, study="stats"))
+    with psycopg.connect(database.replace("postgresql+psycopg", "postgresql")) as connection:
+        analyzed = connection.execute(
+            "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'trials'"
+        ).fetchone()[0]
+    assert analyzed == 2

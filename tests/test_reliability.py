@@ -396,12 +396,23 @@ def test_one_resumer_at_a_time_and_a_killed_run_reads_as_killed(tmp_path):
     assert "killed (resumable)" in listed.stdout
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The worker processes a run started (its children but multiprocessing's resource
-    tracker, which outlives it by design)."""
+def _children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    children = [int(p) for p in found.split()]
-    return [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return [int(p) for p in found.split()]
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The worker processes a run started: forked by its fork server (spawned by the run
+    itself where there is none); not multiprocessing's resource tracker, which outlives the
+    run by design."""
+    workers = []
+    for child in _children(pid):
+        command = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"forkserver" in command:
+            workers += _children(child)
+        elif b"spawn_main" in command:
+            workers.append(child)
+    return workers
 
 
 def _alive(pid: int) -> bool:

@@ -160,3 +160,46 @@ def test_rerank_standings_tell_apart_only_what_the_seeds_can():
     assert [s.original.number for s in standings] == [0, 1, 2]
     assert [s.distinguishable for s in standings] == [False, False, True]
     assert best_outcome(spec, outcomes).number == 0  # not trial 1, the single best draw
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"metric": "dev_error"},
+        {"metric": "dev_accuracy", "direction": "maximize"},
+        {"metrics": ["dev_error", "n_params"]},
+    ],
+    ids=["minimize", "maximize", "two-objectives"],
+)
+def test_the_live_status_tally_matches_one_made_from_every_trial(objective):
+    """Trials finish in any state, with ties, some re-ranked, some later replaced by a
+    retry: the status kept trial by trial equals the one computed from all counted trials."""
+    import random
+
+    from hpsearch.outcome import TrialOutcome, TrialState
+    from hpsearch.summary import StatusTally, best_outcome
+    from tests.conftest import make_spec
+
+    spec = make_spec(objective=objective)
+    rng = random.Random(3)
+    tally, counted = StatusTally(spec), {}
+    for number in range(300):
+        state = rng.choice(["complete", "complete", "complete", "pruned", "failed"])
+        value = rng.randint(0, 8) / 8 if state == "complete" else None
+        values = [value, float(rng.randint(1, 5))] if value is not None else None
+        rerank_of = rng.randrange(number) if number > 250 and state == "complete" else None
+        outcome = TrialOutcome(
+            number, state, None, {}, 0, value, {"dev_loss": rng.random()},
+            values=values if spec.objective.several else None, rerank_of=rerank_of,
+        )  # fmt: skip
+        tally.add(outcome)
+        counted[number] = outcome
+        if state == "failed" and rng.random() < 0.5:  # interrupted, and retried
+            tally.remove(number)
+            del counted[number]
+        status = tally.status(None, 1.0, 0)
+        best = best_outcome(spec, list(counted.values()))
+        assert status.best_trial == (best.number if best else None)
+        assert status.done == len(counted)
+        for state_ in TrialState:
+            assert status.counts[state_.value] == sum(o.state == state_ for o in counted.values())
