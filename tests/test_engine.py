@@ -516,6 +516,18 @@ def test_grid_refine_never_repeats_a_point(tmp_path):
     assert rounds[1]["space"]["train.lr"]["steps"] == 4  # denser inside the smaller box
 
 
+@pytest.mark.parametrize("strategy", ["tpe", "evolution"])
+def test_guided_strategies_train_in_stacks_under_auto(tmp_path, strategy):
+    """stack: auto stacks tpe and evolution too (4 at a time), each trial of a stack its own
+    configuration."""
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    search = {"strategy": strategy, "trials": 8, "workers": 1, "space": space}
+    spec = spec_file(tmp_path, search, train={"epochs": 2})
+    summary = run_spec(spec, RunOptions(runs_dir=tmp_path / "runs")).summary
+    assert [t["stack"] for t in summary["trials"]] == [4] * 8
+    assert len({t["params"]["train.lr"] for t in summary["trials"]}) == 8
+
+
 @pytest.mark.parametrize("pruner", ["median", "asha", "hyperband"])
 def test_pruners_prune_inside_stacks(tmp_path, pruner):
     """Members of a stack reach each epoch together: they are judged against each other."""

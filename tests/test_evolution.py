@@ -8,8 +8,9 @@ from optuna.testing.pytest_samplers import BasicSamplerTestCase
 from optuna.trial import create_trial
 
 import hpsearch
-from hpsearch.evolution import EvolutionSampler
+from hpsearch.evolution import EvolutionSampler, KnownConfigurations
 from hpsearch.space import parse_free_space, suggest
+from hpsearch.strategies import SeededProposals, ask_next
 
 SPACE = {
     "lr": {"low": 1e-5, "high": 1.0, "log": True},
@@ -108,6 +109,28 @@ def test_no_repeated_configuration_in_a_small_discrete_space():
     )
     keys = [tuple(sorted(t["params"].items())) for t in result.trials]
     assert len(set(keys[2:])) == len(keys[2:])  # the random start (2 points) aside
+
+
+def test_children_asked_together_differ_from_each_other_and_from_finished_trials():
+    """A stack asks several children before any finishes, then gives them their params one
+    after another (hpsearch.workers.trial_loop): each child keeps apart from those before it,
+    though most are one-gene mutations of the same best parent."""
+    space = {"a": {"low": 0, "high": 7}, "b": {"low": 0, "high": 7}, "c": {"choices": ["p", "q"]}}
+    params = parse_free_space(space)
+    known = KnownConfigurations()
+    sampler = SeededProposals(lambda s: EvolutionSampler(4, seed=s, known=known), seed=0)
+    study = optuna.create_study(sampler=sampler)
+    finished = set()
+    for size in (4, 6, 6):  # the random start (which may repeat), then batches of children
+        asked = [ask_next(study) for _ in range(size)]
+        children = [suggest(trial, params, None) for trial in asked]
+        keys = [tuple(sorted(child.items())) for child in children]
+        if finished:
+            assert len(set(keys)) == size
+            assert not finished & set(keys)
+        for trial, child in zip(asked, children, strict=True):
+            study.tell(trial, child["a"] + child["b"] + (child["c"] == "q"))
+        finished |= set(keys)
 
 
 def test_integer_steps_always_move():

@@ -9,7 +9,7 @@ from conftest import make_spec
 
 from hpsearch.data import load_dataset
 from hpsearch.errors import InputError
-from hpsearch.stacked import AUTO_STACK, shape_key, stack_size
+from hpsearch.stacked import AUTO_STACK, GUIDED_STACK, shape_key, stack_size
 from hpsearch.strategies import check_strategy
 from hpsearch.train import Member, TrainHooks, train
 from tests.reference import reference_train
@@ -194,8 +194,14 @@ def test_stack_size_follows_strategy_and_mode():
 
     assert stack_size(search(strategy="random")) == AUTO_STACK
     assert stack_size(search(strategy="grid")) == AUTO_STACK
-    assert stack_size(search(strategy="tpe")) == 1
-    assert stack_size(search(strategy="tpe", stack=4)) == 4
+    # the strategies that learn from results get smaller stacks, but stacks all the same
+    assert 1 < GUIDED_STACK < AUTO_STACK
+    assert stack_size(search(strategy="tpe")) == GUIDED_STACK
+    assert stack_size(search(strategy="evolution")) == GUIDED_STACK
+    assert stack_size(search(strategy="evolution", population=4)) == 2  # half the window
+    assert stack_size(search(strategy="evolution", population=2)) == 1
+    assert stack_size(search(strategy="tpe", stack=8)) == 8
+    assert stack_size(search(strategy="evolution", stack=8)) == 8
     assert stack_size(search(stack="off")) == 1
     assert stack_size(search(mode="panda")) == 1
     with pytest.raises(InputError, match="search.stack"):

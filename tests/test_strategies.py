@@ -1,4 +1,6 @@
+import itertools
 import math
+import statistics
 
 import optuna
 import pytest
@@ -7,6 +9,8 @@ from hpsearch.errors import InputError
 from hpsearch.rounds import split_budget
 from hpsearch.space import parse_space, suggest
 from hpsearch.strategies import (
+    SeededProposals,
+    ask_next,
     best_fraction,
     check_strategy,
     make_sampler,
@@ -63,6 +67,72 @@ def test_guided_strategies_beat_their_start(strategy):
     study, _ = run_strategy(strategy, trials=120)
     values = [t.value for t in study.trials]
     assert min(values[60:]) <= min(values[:20])
+
+
+def ask_batch(study, params, spec, count):
+    """`count` trials asked together, then given their params one after another: what a
+    worker does for a stack (hpsearch.workers.trial_loop)."""
+    asked = [ask_next(study) for _ in range(count)]
+    return [(trial, suggest(trial, params, spec)) for trial in asked]
+
+
+def closest_pair_in_flight(sampler, seed, batch=8, finished=20):
+    """The smallest distance between two of `batch` proposals asked together after
+    `finished` told trials, on axes scaled to [0, 1] (lr on its log axis)."""
+    spec = make_spec(search={"strategy": "tpe", "space": SPACE})
+    params = parse_space(spec)
+    study = optuna.create_study(sampler=sampler)
+    for _ in range(finished):
+        ((trial, values),) = ask_batch(study, params, spec, 1)
+        study.tell(trial, toy_objective(values))
+    points = [
+        ((math.log10(v["train.lr"]) + 5) / 5, v["model.dropout"] / 0.5)
+        for _, v in ask_batch(study, params, spec, batch)
+    ]
+    return min(math.dist(a, b) for a, b in itertools.combinations(points, 2))
+
+
+def test_tpe_proposals_in_flight_spread_out():
+    """Asked while the earlier ones still run, TPE's proposals keep apart (the constant liar
+    counts running trials among the worse ones); without it they pile onto the best area."""
+    search = make_spec(search={"strategy": "tpe", "space": SPACE}).search
+    seeds = range(5)
+    ours = [closest_pair_in_flight(make_sampler(search, s), s) for s in seeds]
+    plain = [
+        closest_pair_in_flight(
+            SeededProposals(lambda p: optuna.samplers.TPESampler(seed=p, constant_liar=False), s),
+            s,
+        )
+        for s in seeds
+    ]
+    assert statistics.median(ours) > 2 * statistics.median(plain)
+
+
+@pytest.mark.parametrize("strategy", ["tpe", "evolution"])
+def test_batches_asked_by_two_workers_propose_what_one_worker_does(strategy):
+    """The i-th proposal comes from (seed, i) whichever worker's sampler asks for it, also when
+    trials are asked in batches and run side by side."""
+    spec = make_spec(search={"strategy": strategy, "space": SPACE, "population": 6})
+    batch = (parse_space(spec), spec, 4)
+
+    def proposals(workers):
+        storage = optuna.storages.InMemoryStorage()
+        optuna.create_study(storage=storage, study_name="s")
+        # each worker loads the study with a sampler of its own
+        studies = [
+            optuna.load_study(study_name="s", storage=storage, sampler=make_sampler(spec.search, 3))
+            for _ in range(workers)
+        ]
+        seen = []
+        for _ in range(4):
+            # two batches of 4 in flight together: one worker's, or one from each worker
+            asked = [pair for w in range(2) for pair in ask_batch(studies[w % workers], *batch)]
+            seen += [values for _, values in asked]
+            for trial, values in asked:
+                studies[0].tell(trial, toy_objective(values))
+        return seen
+
+    assert proposals(1) == proposals(2)
 
 
 def test_split_budget():

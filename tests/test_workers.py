@@ -35,8 +35,9 @@ def test_a_worker_takes_at_most_its_share_of_a_round():
     assert stack_for(random, room=100, workers=2, database=False) == 16
     assert stack_for(random, room=12, workers=2, database=True) == 2  # a quarter of a share
     assert stack_for(random, room=0, workers=2, database=False) == 1
-    tpe = SearchSpec(space=SPACE, strategy="tpe")
-    assert stack_for(tpe, room=12, workers=1, database=False) == 1
+    tpe = SearchSpec(space=SPACE, strategy="tpe")  # stack: auto -> 4
+    assert stack_for(tpe, room=12, workers=1, database=False) == 4
+    assert stack_for(tpe, room=6, workers=2, database=False) == 3
 
 
 def test_shape_groups_keep_first_seen_order(tmp_path):
