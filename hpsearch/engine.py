@@ -57,7 +57,6 @@ from hpsearch.spec import (
     check_resume_compatible,
     format_path,
     load_spec,
-    masked,
     spec_from_dict,
     spec_to_yaml,
 )
@@ -67,6 +66,7 @@ from hpsearch.storage import (
     database_address,
     mask_args,
     mask_url,
+    masked,
     probe_storage,
 )
 from hpsearch.strategies import check_strategy

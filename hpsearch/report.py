@@ -993,8 +993,8 @@ def study_folder(url: str, study_name: str, runs_dir: Path) -> RunFolder:
     from hpsearch.outcome import RunState
     from hpsearch.runs import write_json
     from hpsearch.space import decode_params, parse_space
-    from hpsearch.spec import masked, spec_to_yaml
-    from hpsearch.storage import probe_storage
+    from hpsearch.spec import spec_to_yaml
+    from hpsearch.storage import masked, probe_storage
     from hpsearch.study import (
         FINAL_ATTR,
         SPEC_ATTR,

@@ -29,7 +29,6 @@ from pydantic import (
 )
 
 from hpsearch.errors import InputError
-from hpsearch.storage import mask_url
 
 DATASET_PREFIXES = ("sklearn:", "synthetic:")
 Path_ = tuple[str | int, ...]  # a key path into the YAML document: ("search", "space", "train.lr")
@@ -1000,15 +999,3 @@ def check_resume_compatible(old: Spec, new: Spec) -> list[str]:
     if problems:
         raise InputError("cannot resume: " + "; ".join(problems) + ". Start a new run instead.")
     return warnings
-
-
-def masked(spec: Spec) -> Spec:
-    """The spec as written to disk: a storage or tracking URL's password never reaches a file."""
-    update: dict[str, Any] = {}
-    if spec.storage is not None:
-        update["storage"] = mask_url(spec.storage)
-    if spec.tracking is not None and spec.tracking.mlflow:
-        update["tracking"] = spec.tracking.model_copy(
-            update={"mlflow": mask_url(spec.tracking.mlflow)}
-        )
-    return spec.model_copy(update=update) if update else spec

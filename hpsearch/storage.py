@@ -8,9 +8,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from hpsearch.errors import InputError
+
+if TYPE_CHECKING:
+    from hpsearch.spec import Spec
 
 T = TypeVar("T")
 
@@ -227,3 +230,15 @@ def retrying(operation: Callable[[], T], where: str) -> T:
             return result
     finally:
         _retrying.active = False
+
+
+def masked(spec: Spec) -> Spec:
+    """The spec as written to disk: a storage or tracking URL's password never reaches a file."""
+    update: dict[str, Any] = {}
+    if spec.storage is not None:
+        update["storage"] = mask_url(spec.storage)
+    if spec.tracking is not None and spec.tracking.mlflow:
+        update["tracking"] = spec.tracking.model_copy(
+            update={"mlflow": mask_url(spec.tracking.mlflow)}
+        )
+    return spec.model_copy(update=update) if update else spec

@@ -354,7 +354,7 @@ def test_run_with_mlflow_logs_every_trial_from_the_worker_processes(tmp_path, st
 
 
 def test_a_tracking_password_never_reaches_the_run_folder():
-    from hpsearch.spec import masked
+    from hpsearch.storage import masked
 
     spec = spec_from_dict(
         {
