@@ -326,7 +326,7 @@ def _number(value: float | None) -> str:
 def validate(spec: SpecArg, runs_dir: RunsDirOpt = DEFAULT_RUNS_DIR) -> None:
     """Check a spec (and its data, and the model its init_from names) without running
     anything."""
-    from hpsearch.engine import prepare
+    from hpsearch.preflight import prepare
     from hpsearch.spec import load_spec
     from hpsearch.transfer import resolve_init_from
 

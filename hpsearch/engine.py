@@ -25,7 +25,6 @@ import torch
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import DiskFull, InputError
-from hpsearch.metrics import check_objective, resolve_loss
 from hpsearch.objective import (
     Rerun,
     job_for,
@@ -35,9 +34,10 @@ from hpsearch.objective import (
     score_best,
 )
 from hpsearch.outcome import Reason, RunState
+from hpsearch.preflight import prepare
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
 from hpsearch.ray_workers import RayCluster, connect, parse_on
-from hpsearch.remedies import check_remedies, resampling_info
+from hpsearch.remedies import resampling_info
 from hpsearch.review import PandaReviewer
 from hpsearch.runs import (
     DEFAULT_RUNS_DIR,
@@ -50,12 +50,10 @@ from hpsearch.runs import (
     write_text,
 )
 from hpsearch.search import Search
-from hpsearch.space import apply_params, parse_space
+from hpsearch.space import parse_space
 from hpsearch.spec import (
     Spec,
-    check_objective_fits_search,
     check_resume_compatible,
-    format_path,
     load_spec,
     spec_from_dict,
     spec_to_yaml,
@@ -69,7 +67,6 @@ from hpsearch.storage import (
     masked,
     probe_storage,
 )
-from hpsearch.strategies import check_strategy
 from hpsearch.study import (
     FINGERPRINT_ATTR,
     ROUNDS_ATTR,
@@ -86,7 +83,6 @@ from hpsearch.study import (
 from hpsearch.summary import best_outcome, write_summary
 from hpsearch.tracking import MlflowTracker, TrackingProgress, open_tracker
 from hpsearch.train import resolve_device
-from hpsearch.transfer import plan as transfer_plan
 from hpsearch.transfer import resolve_init_from
 
 
@@ -166,64 +162,6 @@ def with_overrides(spec: Spec, options: RunOptions) -> Spec:
     if options.mlflow is not None:
         raw["tracking"] = {"mlflow": options.mlflow or None}
     return spec_from_dict(raw, source="command line").located_like(spec)
-
-
-def prepare(spec: Spec) -> Dataset:
-    """Load the data and check the spec fits it, all before any run folder exists."""
-    if spec.search is not None:
-        check_strategy(spec.search)
-        check_objective_fits_search(spec)
-        parse_space(spec)
-    data = load_dataset(spec.data, spec.seed)
-    check_trial_data(spec, data)
-    resolve_loss(spec.train.loss, data.task)
-    try:
-        check_objective(spec.objective, data.task)
-    except InputError as wrong:  # at the objective's line in the spec
-        raise spec.error_at(("objective",), str(wrong)) from None
-    resolve_device(spec.device)
-    if spec.storage is not None:
-        probe_storage(spec.storage)
-    return data
-
-
-def check_trial_data(spec: Spec, data: Dataset) -> None:
-    """The data remedies and init_from of the spec, and of every value its space gives a
-    data or model key, fit the loaded data: an error names the key (or the choice) now, not
-    in the middle of a search."""
-    _check_remedies_of(spec, data, ("data",))
-    transfers = spec.model.init_from is not None
-    for param in parse_space(spec) if spec.search is not None else []:
-        if not param.path.startswith("data.") and not (
-            transfers and param.path.startswith("model.")
-        ):
-            continue
-        values = param.options if not param.is_range else [param.spec.low, param.spec.high]
-        if param.kind == "int":
-            values = [int(v) for v in values]
-        for value in values:
-            where = ("search", "space", param.path)
-            try:
-                alone = apply_params(spec, {param.path: value})
-            except InputError:  # valid only with other params (layers + units): the space's
-                continue
-            try:
-                _check_remedies_of(alone, data, where)
-            except InputError as exc:
-                raise spec.error_at(
-                    where, f"{format_path(where)}: choice {value!r}: {exc}"
-                ) from None
-
-
-def _check_remedies_of(spec: Spec, data: Dataset, where: tuple[str, ...]) -> None:
-    try:
-        check_remedies(spec.data, data)
-        transfer_plan(spec, data)
-    except InputError as exc:
-        if where != ("data",) or exc.source is not None:
-            raise
-        key = tuple(str(exc).split(":")[0].split(".")[:2])
-        raise spec.error_at(key, str(exc)) from None
 
 
 def _version(package: str) -> str | None:

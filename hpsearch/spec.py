@@ -999,3 +999,54 @@ def check_resume_compatible(old: Spec, new: Spec) -> list[str]:
     if problems:
         raise InputError("cannot resume: " + "; ".join(problems) + ". Start a new run instead.")
     return warnings
+
+
+# --- the spec against its task (known once the data is loaded) -------------------------------
+
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "bce", "mse", "l2", "l1", "huber")
+REGRESSION_LOSSES = ("mse", "l2", "l1", "huber")
+
+
+def resolve_loss(loss: str, task: str) -> str:
+    """The loss a spec means for a task: auto -> bce / cross_entropy / mse."""
+    if loss == "auto":
+        return {"binary": "bce", "multiclass": "cross_entropy", "regression": "mse"}[task]
+    allowed = REGRESSION_LOSSES if task == "regression" else CLASSIFICATION_LOSSES
+    if loss not in allowed:
+        raise InputError(
+            f"train.loss: '{loss}' does not fit a {task} task; allowed: {', '.join(allowed)}"
+        )
+    return loss
+
+
+def check_objective_metric(metric: str, task: str, key: str = "objective.metric") -> None:
+    allowed = allowed_metrics(task)
+    if metric not in COST_METRICS and metric.removeprefix("dev_") not in allowed:
+        options = ", ".join([*(f"dev_{m}" for m in allowed), *COST_METRICS])
+        raise InputError(f"{key}: '{metric}' does not fit a {task} task; allowed: {options}")
+
+
+def check_objective(objective: ObjectiveSpec, task: str) -> None:
+    """Every metric the objective names (its metrics, constraints and pick rule) is one a
+    trial of this task records: dev_* metrics of the task, train_* ones, or a cost."""
+    key = "objective.metrics" if objective.several else "objective.metric"
+    for name in objective.names:
+        check_objective_metric(name, task, key)
+    named = [(f"objective.constraints: {b}", b.metric) for b in objective.bounds]
+    if isinstance(objective.pick, Pick):
+        named += [(f"objective.pick: {b}", b.metric) for b in objective.pick.bounds]
+        if objective.pick.best:
+            named.append(("objective.pick.best", objective.pick.best))
+    for where, metric in named:
+        split, _, base = metric.partition("_")
+        if metric in COST_METRICS or (split in ("dev", "train") and base in allowed_metrics(task)):
+            continue
+        options = ", ".join(
+            [*(f"{s}_{m}" for s in ("dev", "train") for m in allowed_metrics(task)), *COST_METRICS]
+        )
+        raise InputError(f"{where}: no trial metric '{metric}'; metrics: {options}")
+
+
+def allowed_metrics(task: str) -> tuple[str, ...]:
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS

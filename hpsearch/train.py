@@ -25,18 +25,16 @@ from hpsearch.data import Dataset
 from hpsearch.errors import InputError
 from hpsearch.metrics import (
     DeviceSplit,
-    check_objective,
     evaluate,
     example_losses,
     on_device,
     predict,
     prefixed,
-    resolve_loss,
     split_metrics,
 )
 from hpsearch.model import MLP, build_mlp
 from hpsearch.remedies import input_scale, noise_std, oversampled
-from hpsearch.spec import Spec
+from hpsearch.spec import Spec, check_objective, resolve_loss
 from hpsearch.stacked import (
     StackedMLP,
     StackedOptimizer,

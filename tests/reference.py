@@ -13,10 +13,10 @@ from hpsearch.metrics import (
     example_losses,
     on_device,
     prefixed,
-    resolve_loss,
     weighted_mean,
 )
 from hpsearch.model import build_mlp
+from hpsearch.spec import resolve_loss
 from hpsearch.train import TrainResult, epoch_batches, scheduled_lr
 
 

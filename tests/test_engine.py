@@ -298,7 +298,8 @@ def test_timeout_stops_starting_trials(tmp_path):
 
 
 def test_panda_interactive_edit_and_stop(tmp_path):
-    from hpsearch.engine import prepare, run_search, start_run, with_overrides
+    from hpsearch.engine import run_search, start_run, with_overrides
+    from hpsearch.preflight import prepare
     from hpsearch.progress import SilentProgress
     from hpsearch.spec import load_spec
 

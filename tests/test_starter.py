@@ -8,8 +8,8 @@ import yaml
 from typer.testing import CliRunner
 
 from hpsearch.cli import app
-from hpsearch.engine import prepare
 from hpsearch.errors import InputError
+from hpsearch.preflight import prepare
 from hpsearch.spec import Spec, load_spec
 from hpsearch.starter import (
     budget,

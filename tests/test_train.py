@@ -10,11 +10,11 @@ from hpsearch.metrics import (
     classification_metrics,
     example_losses,
     regression_metrics,
-    resolve_loss,
     weighted_mean,
 )
 from hpsearch.model import build_mlp
 from hpsearch.space import apply_params
+from hpsearch.spec import resolve_loss
 from hpsearch.stacked import StackedMLP, column, penalties
 from hpsearch.train import (
     Member,
