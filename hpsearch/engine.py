@@ -18,23 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.errors import DiskFull, InputError
-from hpsearch.objective import (
-    Rerun,
-    job_for,
-    recorded_outcome,
-    rerun_trial,
-    run_trial,
-    score_best,
-)
 from hpsearch.outcome import Reason, RunState
 from hpsearch.preflight import prepare
+from hpsearch.processes import PlannedDevice, planned_device
 from hpsearch.progress import ProgressSink, Reviewer, SilentProgress
 from hpsearch.ray_workers import RayCluster, connect, parse_on
 from hpsearch.remedies import resampling_info
@@ -82,8 +74,10 @@ from hpsearch.study import (
 )
 from hpsearch.summary import best_outcome, write_summary
 from hpsearch.tracking import MlflowTracker, TrackingProgress, open_tracker
-from hpsearch.train import resolve_device
 from hpsearch.transfer import resolve_init_from
+
+if TYPE_CHECKING:  # training, and torch, are imported where trials train (see processes)
+    from hpsearch.objective import Rerun
 
 
 class Interrupted(Exception):
@@ -171,16 +165,20 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(spec: Spec, device: torch.device) -> dict[str, Any]:
+def environment(spec: Spec, device: PlannedDevice) -> dict[str, Any]:
+    """The versions and machine a run ran with. A search on the CPU has not imported torch
+    here yet (its workers train): its version comes from the installed package, and `threads`
+    (this process's torch threads) is null."""
+    torch = sys.modules.get("torch")
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch else _version("torch"),
         "optuna": _version("optuna"),
         "hpsearch": _version("hpsearch"),
         "device": str(device),
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch and device.type == "cuda" else None,
+        "threads": torch.get_num_threads() if torch else None,
         "cpus": os.cpu_count(),
         "seed": spec.seed,
         "command": mask_args(sys.argv),
@@ -190,7 +188,7 @@ def environment(spec: Spec, device: torch.device) -> dict[str, Any]:
 def write_run_files(run: RunFolder, spec: Spec, data: Dataset, study: str | None = None) -> None:
     """What is known before training: the resolved spec, the environment (with the study a
     search runs in, so a resume finds it however early the run stopped), the split."""
-    env = environment(spec, resolve_device(spec.device))
+    env = environment(spec, planned_device(spec.device))
     if spec.search is not None:
         env["study"] = study or run.name
     write_text(run.spec, spec_to_yaml(masked(spec)))
@@ -245,6 +243,8 @@ def run_single(spec: Spec, data: Dataset, runs_dir: Path, progress: ProgressSink
 def _train_single(
     spec: Spec, data: Dataset, run: RunFolder, progress: ProgressSink, started: float
 ) -> RunResult:
+    from hpsearch.objective import job_for, run_trial, score_best
+
     tracker = _tracker(spec, run, run.name)
     progress.trial_started(0, {}, spec.train.epochs)
     outcome = run_trial(spec, data, run, job_for(spec, 0, {}), progress.epoch)
@@ -509,6 +509,9 @@ def _split_hashes(split_info: dict[str, Any]) -> dict[str, Any]:
 def rerun(run_name: str, number: int, runs_dir: Path, device: str | None = None) -> Rerun:
     """`hpsearch rerun`: train trial `number` of a run again from its recorded spec, params and
     seed, into a new folder under the run's reruns/; the result sits beside the recorded one."""
+    from hpsearch.objective import recorded_outcome, rerun_trial
+    from hpsearch.train import resolve_device
+
     run = find_run(runs_dir, run_name)
     spec = load_spec(run.spec)
     update: dict[str, Any] = {"storage": None}
@@ -529,7 +532,7 @@ def ray_cluster(options: RunOptions, spec: Spec) -> RayCluster | None:
     address = parse_on(options.on)
     if address is None:
         return None
-    cluster = connect(address, spec, resolve_device(spec.device))
+    cluster = connect(address, spec, planned_device(spec.device))
     print(f"workers on Ray at {cluster.describe()}", file=sys.stderr, flush=True)
     return cluster
 

@@ -11,17 +11,24 @@ holds (threads, open connections, a CUDA context). What a fork does not carry ov
 planner is said by `WorkerContext`: its environment (the server's is the one it started with),
 and the planner's death (the server, not the planner, is the workers' parent process).
 
+The planner itself needs torch only to score the best trial at the end: a search on the CPU
+starts its workers without importing it (`planned_device` tells the device from the installed
+build), and imports it in the background while they train (`warm_up`).
+
 No torch here: the command line calls `prestart` before it imports anything heavy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
+from importlib import metadata
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +36,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from hpsearch.spec import SearchSpec
 
-# what every worker needs, imported once in the server (imports pull in torch, sklearn, optuna)
-PRELOAD = ["hpsearch.workers"]
+# what every worker needs, imported once in the server: the trial loop and training (torch)
+PRELOAD = ["hpsearch.workers", "hpsearch.objective"]
 
 
 def start_method() -> str:
@@ -77,8 +84,8 @@ def wants_local_workers(
     search: SearchSpec | None, workers: int | None, mode: str | None, on: str | None
 ) -> bool:
     """Whether a search (with the command line's overrides) starts worker processes here:
-    caviar, more than one worker, not on Ray."""
-    if search is None or (mode or search.mode) != "caviar" or on is not None:
+    caviar, more than one worker, not on Ray (`on`: --on, `local` or None for here)."""
+    if search is None or (mode or search.mode) != "caviar" or on not in (None, "local"):
         return False
     count = workers if workers is not None else search.workers
     return count == "auto" or int(count) > 1
@@ -104,3 +111,43 @@ def adopt_environment(environment: dict[str, str]) -> None:
     if sys.platform != "win32":
         os.environ.clear()
     os.environ.update(environment)
+
+
+@dataclass(frozen=True)
+class PlannedDevice:
+    """Where trials train, as the planner needs to know it (`type` and `index`, as
+    torch.device has them), without importing torch."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+
+def planned_device(device: str) -> PlannedDevice:
+    """The device a spec's `device` means here. `cpu`, and `auto` with a build of torch that
+    has no CUDA (its version says `+cpu`), are told without importing torch; otherwise torch
+    tells (and a CUDA device asked for where there is none is an input error)."""
+    if device == "cpu" or (device == "auto" and _cpu_only_torch()):
+        return PlannedDevice("cpu")
+    from hpsearch.train import resolve_device
+
+    resolved = resolve_device(device)
+    return PlannedDevice(resolved.type, resolved.index)
+
+
+def _cpu_only_torch() -> bool:
+    try:
+        return metadata.version("torch").endswith("+cpu")
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def warm_up(module: str = "hpsearch.objective") -> None:
+    """Import `module` (training and torch) in a background thread: a planner calls this once
+    its workers run, so that scoring the best trial at the end finds torch imported."""
+    if module not in sys.modules:
+        threading.Thread(
+            target=importlib.import_module, args=(module,), name="hpsearch-warm-up", daemon=True
+        ).start()

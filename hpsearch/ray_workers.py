@@ -9,22 +9,25 @@ The planner stays in the process that ran `hpsearch run`.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hpsearch.data import Dataset
 from hpsearch.errors import DiskFull, InputError
+from hpsearch.processes import PlannedDevice
 from hpsearch.progress import SilentProgress
 from hpsearch.spec import Spec
 from hpsearch.storage import DatabaseUnreachable
 from hpsearch.study import quiet_optuna
 from hpsearch.workers import DATABASE_EXIT, DISK_FULL_EXIT, STOP_GRACE, WorkerTask, trial_loop
+
+if TYPE_CHECKING:
+    import torch
 
 ON_CHOICES = "local, ray, ray:auto, ray:HOST:PORT or ray://HOST:PORT"
 
@@ -39,7 +42,7 @@ class RayCluster:
     cpus: int
     gpus: int
 
-    def slots(self, device: torch.device) -> int:
+    def slots(self, device: torch.device | PlannedDevice) -> int:
         """One worker per GPU for a CUDA spec, else one per CPU."""
         return max(1, self.gpus if device.type == "cuda" else self.cpus)
 
@@ -69,7 +72,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if host and port.isdigit() else None
 
 
-def connect(address: str, spec: Spec, device: torch.device) -> RayCluster:
+def connect(address: str, spec: Spec, device: torch.device | PlannedDevice) -> RayCluster:
     """Connect this process to Ray (before any run folder exists, so a wrong address is an
     input error, not a half-written run) and check the cluster can run this spec."""
     if spec.search is None or spec.search.mode == "panda":
@@ -116,6 +119,8 @@ def connect(address: str, spec: Spec, device: torch.device) -> RayCluster:
 def _ray_worker(task: WorkerTask, data: Dataset) -> int:
     """One Ray task: the trial loop of a local worker process; its exit code."""
     task = replace(task, data=data)
+    import torch
+
     torch.set_num_threads(task.threads or 1)
     try:
         with quiet_optuna():
@@ -129,7 +134,10 @@ def _ray_worker(task: WorkerTask, data: Dataset) -> int:
 
 
 def run_ray_tasks(
-    tasks: list[WorkerTask], device: torch.device, on_tick: Callable[[], None], poll: float = 0.25
+    tasks: list[WorkerTask],
+    device: torch.device | PlannedDevice,
+    on_tick: Callable[[], None],
+    poll: float = 0.25,
 ) -> list[int | None]:
     """One Ray task per worker task (a CPU each, and a GPU each for CUDA), watched until all
     end; their exit codes, as run_processes returns them (1 for a task that raised or whose
@@ -139,7 +147,15 @@ def run_ray_tasks(
     import ray
 
     gpus = 1 if device.type == "cuda" else 0
-    remote = ray.remote(_ray_worker).options(num_cpus=1, num_gpus=gpus, max_retries=0)
+    # hpsearch's own settings (HPSEARCH_*) travel with the tasks, as to local workers; the
+    # rest of this machine's environment (paths, devices) is not the nodes' business
+    settings = {k: v for k, v in os.environ.items() if k.startswith("HPSEARCH_")}
+    remote = ray.remote(_ray_worker).options(
+        num_cpus=1,
+        num_gpus=gpus,
+        max_retries=0,
+        runtime_env={"env_vars": settings} if settings else None,
+    )
     data = ray.put(tasks[0].data)  # once, shared by every task through the object store
     refs = []
     for task in tasks:

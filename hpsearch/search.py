@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from hpsearch.data import Dataset
 from hpsearch.errors import DiskFull, InputError
-from hpsearch.objective import rerank_seed, score_best
 from hpsearch.outcome import RunState
+from hpsearch.processes import planned_device, warm_up
 from hpsearch.progress import ProgressSink, Reviewer
 from hpsearch.ray_workers import RayCluster, run_ray_tasks
 from hpsearch.rounds import plan_round, round_budgets, round_count, total_budget
@@ -46,7 +46,6 @@ from hpsearch.study import (
     save_rounds,
 )
 from hpsearch.summary import LiveSummary, best_outcome, ranked_outcomes
-from hpsearch.train import resolve_device
 from hpsearch.workers import (
     DATABASE_EXIT,
     DISK_FULL_EXIT,
@@ -88,7 +87,7 @@ class Search:
         self.progress, self.reviewer, self.planner = progress, reviewer, planner
         self.study_name = study_name
         self.params = parse_space(spec)
-        self.device = resolve_device(spec.device)
+        self.device = planned_device(spec.device)  # no torch for a search on the CPU
         self.cluster = cluster  # caviar workers as Ray tasks there (None: local processes)
         if workers is None and cluster is not None and self.search.workers == "auto":
             workers = cluster.slots(self.device)
@@ -145,6 +144,8 @@ class Search:
     def plan_rerank(self, index: int) -> int:
         """search.rerank: queue `seeds` more trainings of each of the `top` configurations,
         each with a seed of its own (recorded as the last round; read back on resume)."""
+        from hpsearch.objective import rerank_seed
+
         rounds = load_rounds(self.study)
         if index < len(rounds):
             return rounds[index]["target"]
@@ -273,7 +274,9 @@ class Search:
 
     def follow(self) -> None:
         """While trials run: report those that finished; the planner also keeps the
-        database's statistics fresh as the study doubles in size (see refresh_statistics)."""
+        database's statistics fresh as the study doubles in size (see refresh_statistics),
+        and imports what scoring the best trial needs while the workers train."""
+        warm_up()
         self.live.refresh()
         if self.planner and len(self.live.ledger.trials) >= self.analyzed_at * 2:
             refresh_statistics(self.storage)
@@ -305,6 +308,8 @@ class Search:
     def finish(self, state: RunState) -> dict[str, Any]:
         """The summary, with the best trial scored on test when the search finished; the
         planner also records the end (and the best) in the study."""
+        from hpsearch.objective import score_best  # torch: imported by now (see follow)
+
         final = None
         best = best_outcome(self.spec, self.live.outcomes())
         if state in (RunState.FINISHED, RunState.STOPPED) and best is not None:

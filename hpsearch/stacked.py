@@ -20,41 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from hpsearch.model import ACTIVATIONS, MLP
-from hpsearch.spec import SearchSpec, Spec
+from hpsearch.spec import Spec
 
-AUTO_STACK = 16  # trials per stack under `stack: auto` (grid and random)
-# tpe and evolution under `stack: auto`: in benchmarks/search_quality.py --batch, asking 4 at
-# a time ended within noise of one at a time at 100 and 200 evaluations, tpe at 50 too
-# (evolution's median there: 1.61 against 1.49 times the optimum); 8 at a time lost at 50
-# evaluations, 16 at 50 and 100 (README, "Searching")
-GUIDED_STACK = 4
 _EPS_NORM = 1e-5  # torch's BatchNorm1d / LayerNorm defaults
 _BN_MOMENTUM = 0.1
 _ADAM_BETAS = (0.9, 0.999)
 _ADAM_EPS = 1e-8
 _RMSPROP_ALPHA, _RMSPROP_EPS = 0.99, 1e-8
-
-
-def stack_size(search: SearchSpec) -> int:
-    """How many trials a worker asks for and trains together.
-
-    `auto` stacks grid and random 16 at a time: their proposals do not depend on results. TPE
-    and evolution learn from finished trials, and a stack's trials are all proposed before any
-    of them finishes, so `auto` gives them stacks of 4 (GUIDED_STACK), small enough that the
-    search still learns after every few proposals; those proposed together keep apart (TPE's
-    constant liar, evolution's children unlike any in flight). Evolution's stack is at most
-    half its window (`population`), so one stack's children never replace the whole window.
-    `stack: K` sets K for any strategy. Panda watches one model at a time.
-    """
-    if search.mode == "panda" or search.stack == "off":
-        return 1
-    if search.stack != "auto":
-        return int(search.stack)
-    if search.strategy in ("grid", "random"):
-        return AUTO_STACK
-    if search.strategy == "evolution":
-        return max(1, min(GUIDED_STACK, search.population // 2))
-    return GUIDED_STACK
 
 
 def shape_key(spec: Spec) -> tuple[Any, ...]:

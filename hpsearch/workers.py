@@ -17,23 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import torch
 
 from hpsearch.data import Dataset
 from hpsearch.errors import DiskFull, says_disk_full
-from hpsearch.objective import (
-    TrialJob,
-    deferred_stop,
-    job_for,
-    resume_position,
-    resume_state,
-    run_stack,
-)
 from hpsearch.outcome import Reason, TrialOutcome
-from hpsearch.processes import adopt_environment, die_with, worker_context
+from hpsearch.processes import PlannedDevice, adopt_environment, die_with, worker_context
 from hpsearch.progress import (
     ProgressSink,
     QueueProgress,
@@ -45,7 +36,6 @@ from hpsearch.rounds import Proposal
 from hpsearch.runs import RunFolder
 from hpsearch.space import Param, apply_params, suggest, to_optuna_params
 from hpsearch.spec import SearchSpec, Spec
-from hpsearch.stacked import shape_key, stack_size
 from hpsearch.storage import DatabaseUnreachable
 from hpsearch.strategies import ask_next, make_pruner, make_sampler
 from hpsearch.study import (
@@ -72,6 +62,18 @@ from hpsearch.study import (
     tell_outcome,
 )
 
+if TYPE_CHECKING:  # torch and training are imported where trials train: the planner that
+    # starts workers never waits for them (see hpsearch.processes)
+    import torch
+
+    from hpsearch.objective import TrialJob
+
+AUTO_STACK = 16  # trials per stack under `stack: auto` (grid and random)
+# tpe and evolution under `stack: auto`: in benchmarks/search_quality.py --batch, asking 4 at
+# a time ended within noise of one at a time at 100 and 200 evaluations, tpe at 50 too
+# (evolution's median there: 1.61 against 1.49 times the optimum); 8 at a time lost at 50
+# evaluations, 16 at 50 and 100 (README, "Searching")
+GUIDED_STACK = 4
 DISK_FULL_EXIT = 28  # a worker's exit code when the disk is full (ENOSPC)
 DATABASE_EXIT = 75  # a worker's exit code when the database stayed away (EX_TEMPFAIL)
 STOP_GRACE = 5.0  # seconds workers get to record their trials as interrupted on Ctrl-C
@@ -103,21 +105,49 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
-def worker_count(search: SearchSpec, device: torch.device) -> int:
+def worker_count(search: SearchSpec, device: torch.device | PlannedDevice) -> int:
     if search.mode == "panda":
         return 1
     if search.workers != "auto":
         return int(search.workers)
     if device.type == "cuda":
+        import torch
+
         return max(1, torch.cuda.device_count())
     return cores()
 
 
-def pinned_gpu(device: torch.device, worker: int) -> int | None:
+def pinned_gpu(device: torch.device | PlannedDevice, worker: int) -> int | None:
     """`device: cuda` (no index) on a machine with several GPUs: worker i gets GPU i mod n."""
-    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+    if device.type != "cuda" or device.index is not None:
+        return None
+    import torch
+
+    if torch.cuda.device_count() < 2:
         return None
     return worker % torch.cuda.device_count()
+
+
+def stack_size(search: SearchSpec) -> int:
+    """How many trials a worker asks for and trains together.
+
+    `auto` stacks grid and random 16 at a time: their proposals do not depend on results. TPE
+    and evolution learn from finished trials, and a stack's trials are all proposed before any
+    of them finishes, so `auto` gives them stacks of 4 (GUIDED_STACK), small enough that the
+    search still learns after every few proposals; those proposed together keep apart (TPE's
+    constant liar, evolution's children unlike any in flight). Evolution's stack is at most
+    half its window (`population`), so one stack's children never replace the whole window.
+    `stack: K` sets K for any strategy. Panda watches one model at a time.
+    """
+    if search.mode == "panda" or search.stack == "off":
+        return 1
+    if search.stack != "auto":
+        return int(search.stack)
+    if search.strategy in ("grid", "random"):
+        return AUTO_STACK
+    if search.strategy == "evolution":
+        return max(1, min(GUIDED_STACK, search.population // 2))
+    return GUIDED_STACK
 
 
 def stack_for(search: SearchSpec, room: int, workers: int, database: bool) -> int:
@@ -159,6 +189,8 @@ def job_of(spec: Spec, trial: optuna.Trial, values: dict[str, Any]) -> TrialJob:
     """What to train for `trial`: its configuration's seed (or the one a re-ranking trial was
     queued with), and for a retry the trial whose checkpoint it continues."""
     attrs = trial.user_attrs
+    from hpsearch.objective import job_for
+
     return job_for(
         spec,
         trial.number,
@@ -173,6 +205,9 @@ def job_of(spec: Spec, trial: optuna.Trial, values: dict[str, Any]) -> TrialJob:
 def shape_groups(spec: Spec, run: RunFolder, jobs: list[Proposal]) -> list[list[Proposal]]:
     """Proposals split into groups that can train as one stack: the same shape, and the same
     point to resume from (first-seen order)."""
+    from hpsearch.objective import resume_position
+    from hpsearch.stacked import shape_key
+
     groups: dict[tuple, list[Proposal]] = {}
     for trial, values in jobs:
         key = (
@@ -191,6 +226,8 @@ def train_group(
     progress: ProgressSink,
 ) -> list[tuple[optuna.Trial, TrialOutcome]]:
     """Train one group of same-shape trials (a stack, or a single trial)."""
+    from hpsearch.objective import resume_state, run_stack
+
     spec = task.spec
     rescue = spec.search.mode == "panda" and spec.search.panda.rescue
     jobs = [job_of(spec, trial, values) for trial, values in group]
@@ -223,6 +260,8 @@ def trial_loop(
     each proposal is shown first: an edit replaces it (as the next trial number; the proposal
     is skipped, not counted), and a stop ends the run's rounds too.
     """
+    from hpsearch.objective import deferred_stop
+
     run = RunFolder(task.run_root)
     storage = open_storage(task.spec.storage, run.study_log)
     study = optuna.load_study(
@@ -333,6 +372,8 @@ def _worker_main(tasks: Any, events: Any = None, environment: dict[str, str] | N
             os.environ["CUDA_VISIBLE_DEVICES"] = str(task.gpu)
             task = replace(task, spec=task.spec.model_copy(update={"device": "cuda"}))
         if task.threads:
+            import torch
+
             torch.set_num_threads(task.threads)
         with quiet_optuna():
             trial_loop(task, SilentProgress() if events is None else QueueProgress(events))

@@ -9,9 +9,10 @@ from conftest import make_spec
 
 from hpsearch.data import load_dataset
 from hpsearch.errors import InputError
-from hpsearch.stacked import AUTO_STACK, GUIDED_STACK, shape_key, stack_size
+from hpsearch.stacked import shape_key
 from hpsearch.strategies import check_strategy
 from hpsearch.train import Member, TrainHooks, train
+from hpsearch.workers import AUTO_STACK, GUIDED_STACK, stack_size
 from tests.reference import reference_train
 
 TOLERANCE = 1e-4
