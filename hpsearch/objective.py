@@ -158,14 +158,27 @@ def _forget_checkpoints(run: RunFolder, job: TrialJob) -> None:
             folder.checkpoint.unlink(missing_ok=True)
 
 
+# the question of the outermost deferred_stop now open (main thread only), which nested ones share
+_open_stop: threading.Event | None = None
+
+
 @contextlib.contextmanager
 def deferred_stop() -> Iterator[Callable[[], bool]]:
-    """While trials train, the first Ctrl-C, SIGTERM or SIGHUP asks the loop to stop at the end
-    of its batch (it saves checkpoints first and then raises KeyboardInterrupt); a second one
-    interrupts at once. Yields the question the loop asks. Signals reach the main thread
-    only; elsewhere nothing changes."""
+    """While trials train (or the study is written), the first Ctrl-C, SIGTERM or SIGHUP asks
+    the work to stop at its next safe point, and the block raises KeyboardInterrupt when it
+    ends (training saves checkpoints first); a second one interrupts at once. Yields the
+    question the work asks. Nested blocks share the outermost one's question, so a stop
+    asked anywhere inside is seen by all. Signals reach the main thread only; elsewhere
+    nothing changes."""
+    global _open_stop
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
+        return
+    if _open_stop is not None:  # nested
+        asked = _open_stop
+        yield asked.is_set
+        if asked.is_set():
+            raise KeyboardInterrupt
         return
     asked = threading.Event()
 
@@ -176,9 +189,11 @@ def deferred_stop() -> Iterator[Callable[[], bool]]:
 
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, handler) for sig in stops}
+    _open_stop = asked
     try:
         yield asked.is_set
     finally:
+        _open_stop = None
         for sig, old in previous.items():
             signal.signal(sig, old)
         if asked.is_set():

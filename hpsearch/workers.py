@@ -300,9 +300,13 @@ def trial_loop(
                     )
                 if not asked:
                     continue
-            for trial in asked:
-                mark_worker(trial, run.trial(trial.number).root)
-                proposals.append((trial, suggest(trial, task.params, task.spec)))
+            # The study's writes (marking, suggesting, telling) hold a stop back to their end:
+            # one cut short inside the storage (a journal read half applied) would leave this
+            # process's view of the study broken, unable to record its trials as interrupted.
+            with deferred_stop():
+                for trial in asked:
+                    mark_worker(trial, run.trial(trial.number).root)
+                    proposals.append((trial, suggest(trial, task.params, task.spec)))
             if task.review is not None:  # panda: one trial at a time
                 trial, values = proposals[0]
                 reviewed = task.review(trial.number, values)
@@ -319,17 +323,21 @@ def trial_loop(
                     asked.append(edit)
                     mark_worker(edit, run.trial(edit.number).root)
                     proposals = [(edit, suggest(edit, task.params, task.spec))]
-            for group in shape_groups(task.spec, run, proposals):
-                for trial, outcome in train_group(task, run, storage, group, progress):
-                    values = outcome.values or [outcome.value]
-                    if database and outcome.value is not None and beats_the_study(ledger, values):
-                        share_weights(trial, run.trial(trial.number).model)
-                    counted = tell_outcome(study, trial, outcome, task.spec.objective.bounds)
-                    told.add(trial.number)
-                    if on_finished is not None and counted:
-                        on_finished(outcome)
-                    if outcome.reason_kind == Reason.DISK and says_disk_full(outcome.reason):
-                        full = str(run.trial(trial.number).root)
+            with deferred_stop() as stop_requested:  # training's own stop is this one too
+                for group in shape_groups(task.spec, run, proposals):
+                    if stop_requested():
+                        break  # the groups not trained yet are recorded as interrupted
+                    for trial, outcome in train_group(task, run, storage, group, progress):
+                        values = outcome.values or [outcome.value]
+                        scored = database and outcome.value is not None
+                        if scored and beats_the_study(ledger, values):
+                            share_weights(trial, run.trial(trial.number).model)
+                        counted = tell_outcome(study, trial, outcome, task.spec.objective.bounds)
+                        told.add(trial.number)
+                        if on_finished is not None and counted:
+                            on_finished(outcome)
+                        if outcome.reason_kind == Reason.DISK and says_disk_full(outcome.reason):
+                            full = str(run.trial(trial.number).root)
             if full is not None:  # every later trial would fail the same way: stop the run
                 raise DiskFull(full)
         except KeyboardInterrupt:

@@ -1,6 +1,11 @@
 """The trial layer's pure parts: what counts as a reproduced trial."""
 
-from hpsearch.objective import Rerun
+import os
+import signal
+
+import pytest
+
+from hpsearch.objective import Rerun, deferred_stop
 from hpsearch.outcome import TrialOutcome
 
 
@@ -16,3 +21,24 @@ def test_a_rerun_is_judged_on_its_metrics_not_on_its_clock():
     assert not Rerun(recorded, bigger, None).reproduced
     worse = outcome(dev_error=0.2, n_params=610.0)
     assert Rerun(recorded, worse, None).difference > 0.09
+
+
+def test_nested_deferred_stops_share_one_question():
+    """A stop asked inside a nested block (training inside the worker's pass) is the outer
+    block's stop too: the inner ends by raising, and so would the outer."""
+    with pytest.raises(KeyboardInterrupt), deferred_stop() as outer:
+        assert not outer()
+        with pytest.raises(KeyboardInterrupt), deferred_stop() as inner:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert inner() and outer()  # held back: the block goes on to its end
+        assert outer()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_second_stop_interrupts_a_deferred_block_at_once():
+    reached = False
+    with pytest.raises(KeyboardInterrupt), deferred_stop():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        reached = True
+    assert not reached

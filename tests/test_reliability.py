@@ -443,7 +443,9 @@ def test_workers_never_outlive_a_killed_planner(tmp_path):
     """SIGKILL of the run alone (not its process group): the kernel stops its workers at once,
     mid-trial (20,000 epochs would keep them busy for minutes), and they record their trials
     as interrupted, so the run resumes from them."""
-    _, runs, proc = start_slow_run(tmp_path, epochs=20000, stderr=subprocess.DEVNULL)
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:  # the workers' too: what they said on the way out
+        _, runs, proc = start_slow_run(tmp_path, epochs=20000, stderr=stderr)
     assert _wait_for(lambda: _running_trial_folders(runs))
     workers = _workers_of(proc.pid)
     assert workers
@@ -451,7 +453,8 @@ def test_workers_never_outlive_a_killed_planner(tmp_path):
     proc.wait()
     assert _wait_for(lambda: not any(_alive(w) for w in workers), timeout=15)
     (run,) = runs.iterdir()
-    assert set(states(run)) == {"FAIL"}  # interrupted: the workers said so before they went
+    # interrupted: the workers said so before they went
+    assert set(states(run)) == {"FAIL"}, (workers, log.read_text()[-4000:])
 
 
 @pytest.fixture

@@ -1,13 +1,22 @@
-"""Worker helpers: how many workers, where, how large a stack, grouping, epoch reports."""
+"""Worker helpers: how many workers, where, how large a stack, grouping, epoch reports, and
+the trial loop's stops."""
+
+import os
+import signal
 
 import optuna
+import pytest
 import torch
 
+import hpsearch.workers
+from hpsearch.engine import Interrupted, RunOptions, run_spec
 from hpsearch.objective import save_checkpoint
 from hpsearch.runs import RunFolder
 from hpsearch.spec import SearchSpec
+from hpsearch.study import FOLDER_ATTR, PID_ATTR, mark_worker
 from hpsearch.workers import EpochReporter, pinned_gpu, shape_groups, stack_for, worker_count
 from tests.conftest import make_spec
+from tests.test_engine import spec_file, study_trials
 
 SPACE = {"train.lr": {"choices": [0.1]}}
 
@@ -93,3 +102,25 @@ def test_without_a_pruner_nothing_is_reported_to_the_study():
     reporter(trial.number, {"epoch": 1, "dev_error": 0.9})
     assert not reporter.prune
     assert study.trials[0].intermediate_values == {}
+
+
+def test_a_stop_during_the_study_writes_waits_for_their_end(tmp_path, monkeypatch):
+    """Ctrl-C (SIGTERM in a worker) while a trial's marks are being written: the writes finish
+    first (one cut short inside the storage can leave the process's view of the study broken),
+    then the pass stops and records its trials as interrupted."""
+
+    def stopped_midway(trial: optuna.Trial, folder) -> None:
+        trial.set_user_attr(PID_ATTR, os.getpid())
+        os.kill(os.getpid(), signal.SIGINT)
+        mark_worker(trial, folder)
+
+    monkeypatch.setattr(hpsearch.workers, "mark_worker", stopped_midway)
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    spec = spec_file(tmp_path, {"trials": 3, "workers": 1, "stack": 1, "space": space})
+    with pytest.raises(Interrupted):
+        run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    (run,) = (tmp_path / "runs").iterdir()
+    (trial,) = study_trials(run)
+    assert trial.state.name == "FAIL"
+    assert FOLDER_ATTR in trial.user_attrs  # the marks were written to their end
+    assert not (run / "trials" / "0" / "metrics.jsonl").exists()  # and it never trained
