@@ -53,7 +53,9 @@ Figures (see the README's Performance section for the latest table):
   scaling          caviar with 2 workers vs 1 worker (one thread each) on the same search,
                    alternating, the median of 2 repetitions' ratios
   stacked          K=16 same-shape trials trained stacked vs one at a time (1 thread), the
-                   median of 5 alternating repetitions
+                   median of 5 alternating repetitions; also the share of the stacked time
+                   spent evaluating every train and dev row after each epoch (the same work
+                   per model on both sides) and the ratio without it
   bookkeeping      hpsearch's own cost per trial (storage, files, sampling) over 1000 no-op trials
   memory           peak RSS of a worker and its growth over 300 tiny trials
   pruning          random search with the asha, hyperband and median pruners vs without: best
@@ -96,6 +98,7 @@ from torch import nn
 from tutorial_search import Splits, make_objective, search
 
 import hpsearch.objective as objective
+import hpsearch.train as train_module
 import hpsearch.workers as worker_module
 from hpsearch.data import Dataset, load_dataset
 from hpsearch.engine import RunOptions, run_spec
@@ -765,16 +768,38 @@ def stacked_row(
         seconds, _ = timed(lambda: train_stack(specs, data, seeds, device=on))
         return seconds
 
-    solo_times, stacked_times = [], []
-    for repetition in range(repeats):
-        pair = (solo, stacked) if repetition % 2 == 0 else (stacked, solo)
-        for side in pair:
-            (solo_times if side is solo else stacked_times).append(side())
+    # the evaluation after each epoch (every train and dev row) costs the same per model on
+    # both sides, so it bounds the ratio; timed apart, to tell what stacking speeds up
+    evaluating = [0.0]
+    real_predict = train_module.predict
+
+    def timed_predict(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seconds, outputs = timed(lambda: real_predict(*args, **kwargs))
+        evaluating[0] += seconds
+        return outputs
+
+    solo_times, stacked_times, solo_eval, stacked_eval = [], [], [], []
+    train_module.predict = timed_predict
+    try:
+        for repetition in range(repeats):
+            pair = (solo, stacked) if repetition % 2 == 0 else (stacked, solo)
+            for side in pair:
+                evaluating[0] = 0.0
+                (solo_times if side is solo else stacked_times).append(side())
+                (solo_eval if side is solo else stacked_eval).append(evaluating[0])
+    finally:
+        train_module.predict = real_predict
     ratio = statistics.median(a / b for a, b in zip(solo_times, stacked_times, strict=True))
+    steps_ratio = statistics.median(
+        (a - ae) / (b - be)
+        for a, ae, b, be in zip(solo_times, solo_eval, stacked_times, stacked_eval, strict=True)
+    )
     one, together = statistics.median(solo_times), statistics.median(stacked_times)
+    share = statistics.median(e / t for e, t in zip(stacked_eval, stacked_times, strict=True))
     return row(
         f"stacked (K={members}, {device}, median of {repeats})",
-        f"{members / together:.2f} trials/s",
+        f"{members / together:.2f} trials/s (evaluation {share:.0%} of it; "
+        f"training alone {steps_ratio:.2f}x)",
         f"{members / one:.2f} trials/s",
         ratio,
         f">= {target:g}x" if target is not None else "recorded",
