@@ -140,15 +140,35 @@ def on_device(split: Split, device: torch.device) -> DeviceSplit:
     return cached[1]
 
 
-EVAL_CHUNK = 8192  # rows per forward pass when evaluating: large, but bounded in memory
+EVAL_CHUNK = 8192  # rows per forward pass when evaluating on a GPU: large, but bounded
+CACHE_BYTES = 512 * 1024  # on the CPU, a chunk's widest activation: about a core's L2 cache
+
+
+def eval_rows(width: int, device: torch.device) -> int:
+    """Rows per forward pass when evaluating a model whose widest layer side is `width`. On
+    the CPU, few enough that a chunk's activations stay in a core's cache, as a pass through
+    memory costs more (20,000 rows through 20 -> 64 -> 64 -> 1, one thread: 2.9 ms in chunks
+    of 2,048 rows against 8.0 ms in chunks of 8,192). On a GPU, EVAL_CHUNK: large passes keep
+    it busy."""
+    if device.type != "cpu":
+        return EVAL_CHUNK
+    return max(256, min(EVAL_CHUNK, CACHE_BYTES // (4 * max(1, width))))
+
+
+def widest(model: nn.Module) -> int:
+    """The widest side of a model's weight matrices (its inputs or a layer's units)."""
+    return max((max(p.shape) for p in model.parameters() if p.dim() == 2), default=1)
 
 
 @torch.inference_mode()
 def predict(
-    model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, rows: int = EVAL_CHUNK
+    model: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, rows: int | None = None
 ) -> torch.Tensor:
     """Raw outputs for every row, `rows` at a time (the model must already be in eval mode).
-    Works for a stacked model too: its outputs have a leading member axis."""
+    Works for a stacked model too: its outputs have a leading member axis. `rows` per pass:
+    by default as `eval_rows` says for an `nn.Module` (EVAL_CHUNK for anything else)."""
+    if rows is None:
+        rows = eval_rows(widest(model), X.device) if isinstance(model, nn.Module) else EVAL_CHUNK
     if X.shape[0] <= rows:
         return model(X)
     return torch.cat([model(chunk) for chunk in X.split(rows)], dim=-2)

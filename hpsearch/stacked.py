@@ -182,15 +182,41 @@ class StackedMLP:
         h = x
         if self.training and self.noise_std is not None:
             h = x + self._noise(x)  # [K, n, in]
-        if self.input_scale is not None:
-            h = h * self.input_scale
+        return self._forward(h, self.params, self.running, self.input_scale)
+
+    def member_outputs(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Member k alone, in eval mode: [n, in] -> [1, n, outputs]. On the CPU one member at
+        a time in cache-sized chunks evaluates faster than the whole stack at once, whose
+        batched products of many small matrices run at a fraction of a large product's speed
+        (16 members, 20,000 rows, one thread: 47 ms member by member, 93 to 110 ms stacked)."""
+        assert not self.training  # training draws noise and dropout for the whole stack
+        one = slice(k, k + 1)
+        params = {name: tensor[one] for name, tensor in self.views().items()}
+        running = {name: tensor[one] for name, tensor in self.running.items()}
+        scale = None if self.input_scale is None else self.input_scale[one]
+        return self._forward(x, params, running, scale)
+
+    @property
+    def widest(self) -> int:
+        """The widest side of the weight matrices (the inputs or a layer's units)."""
+        return max(max(shape) for name, shape in self.shapes.items() if name.startswith("w"))
+
+    def _forward(
+        self,
+        h: torch.Tensor,
+        params: dict[str, torch.Tensor],
+        running: dict[str, torch.Tensor],
+        input_scale: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if input_scale is not None:
+            h = h * input_scale
         for i in range(self.hidden):
-            z = self._linear(i, h)
-            z = self.activation(self._normalize(i, z))
+            z = self._linear(params, i, h)
+            z = self.activation(self._normalize(params, running, i, z))
             if self.training and self.dropout:
                 z = z * self._dropout_masks(z)
             h = h + z if self.residual[i] else z
-        return self._linear(self.hidden, h)
+        return self._linear(params, self.hidden, h)
 
     def _dropout_masks(self, z: torch.Tensor) -> torch.Tensor:
         """Inverted-dropout multipliers [K, n, width]: 0 or 1/keep, each member's own draw."""
@@ -216,13 +242,20 @@ class StackedMLP:
                 draws.append(torch.zeros_like(x))
         return torch.stack(draws)
 
-    def _linear(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.params[f"w{i}"], self.params[f"b{i}"]
+    @staticmethod
+    def _linear(params: dict[str, torch.Tensor], i: int, h: torch.Tensor) -> torch.Tensor:
+        weight, bias = params[f"w{i}"], params[f"b{i}"]
         if h.dim() == 2:  # the input, shared by every member
             return torch.baddbmm(bias, h.expand(weight.shape[0], *h.shape), weight)
         return torch.baddbmm(bias, h, weight)
 
-    def _normalize(self, i: int, z: torch.Tensor) -> torch.Tensor:
+    def _normalize(
+        self,
+        params: dict[str, torch.Tensor],
+        running: dict[str, torch.Tensor],
+        i: int,
+        z: torch.Tensor,
+    ) -> torch.Tensor:
         if self.norm == "none":
             return z
         if self.norm == "layer":
@@ -232,15 +265,15 @@ class StackedMLP:
             var = z.var(1, keepdim=True, unbiased=False)
             n = z.shape[1]
             with torch.no_grad():
-                self.running[f"mean{i}"].lerp_(mean, _BN_MOMENTUM)
-                self.running[f"var{i}"].lerp_(var * n / max(n - 1, 1), _BN_MOMENTUM)
+                running[f"mean{i}"].lerp_(mean, _BN_MOMENTUM)
+                running[f"var{i}"].lerp_(var * n / max(n - 1, 1), _BN_MOMENTUM)
             if i == self.frozen:
                 self.batches_tracked = [t + 1 for t in self.batches_tracked]
             z = (z - mean) / torch.sqrt(var + _EPS_NORM)
         else:
-            mean, var = self.running[f"mean{i}"], self.running[f"var{i}"]
+            mean, var = running[f"mean{i}"], running[f"var{i}"]
             z = (z - mean) / torch.sqrt(var + _EPS_NORM)
-        return z * self.params[f"g{i}"] + self.params[f"s{i}"]
+        return z * params[f"g{i}"] + params[f"s{i}"]
 
     # --- one member at a time ---
 

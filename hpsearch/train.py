@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from hpsearch.data import Dataset
 from hpsearch.errors import InputError
 from hpsearch.metrics import (
     DeviceSplit,
+    eval_rows,
     evaluate,
     example_losses,
     on_device,
@@ -238,6 +240,17 @@ def _column_of(
     return column([value(t.spec) for t in trainees], device)
 
 
+def stack_outputs(stack: StackedMLP, X: torch.Tensor) -> torch.Tensor:
+    """Every member's outputs on `X` ([K, n, outputs]), in eval mode. On the CPU member by
+    member, in chunks sized to the cache (faster than the whole stack at once); on a GPU the
+    whole stack at once, a stack's activations being K times a model's."""
+    if X.device.type == "cpu":
+        rows = eval_rows(stack.widest, X.device)
+        members = range(stack.members)
+        return torch.cat([predict(partial(stack.member_outputs, k=k), X, rows) for k in members])
+    return predict(stack, X, max(512, 16384 // stack.members))
+
+
 def train(
     members: Sequence[Member],
     data: Dataset,
@@ -372,10 +385,8 @@ def train(
 
         stack.eval()
         finite_now = torch.isfinite(cost_sums).tolist()
-        # a stack's activations are K times a model's: smaller chunks keep them in cache
-        rows = max(512, 16384 // len(active))
-        train_outputs = predict(stack, train_split.X, rows)
-        dev_outputs = predict(stack, dev_split.X, rows)
+        train_outputs = stack_outputs(stack, train_split.X)
+        dev_outputs = stack_outputs(stack, dev_split.X)
         seconds = time.perf_counter() - started
         judged = []
         for position, k in enumerate(active):

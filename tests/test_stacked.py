@@ -3,15 +3,18 @@ the same trial trained alone ends."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_spec
 
 from hpsearch.data import load_dataset
 from hpsearch.errors import InputError
-from hpsearch.stacked import shape_key
+from hpsearch.metrics import EVAL_CHUNK, eval_rows
+from hpsearch.model import build_mlp
+from hpsearch.stacked import StackedMLP, shape_key
 from hpsearch.strategies import check_strategy
-from hpsearch.train import Member, TrainHooks, train
+from hpsearch.train import Member, TrainHooks, stack_outputs, train
 from hpsearch.workers import AUTO_STACK, GUIDED_STACK, stack_size
 from tests.reference import reference_train
 
@@ -207,3 +210,38 @@ def test_stack_size_follows_strategy_and_mode():
     assert stack_size(search(mode="panda")) == 1
     with pytest.raises(InputError, match="search.stack"):
         check_strategy(search(mode="panda", stack=4))
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def test_member_by_member_evaluation_gives_the_stacks_outputs():
+    """On the CPU a stack is evaluated one member at a time (in cache-sized chunks): each
+    member's own weights, batch-norm statistics and input scale, as the whole stack has them."""
+    spec = make_spec(model={"hidden": [128, 128], "norm": "batch", "residual": True})
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        model = build_mlp(spec.model, 4, 3)
+        for layer in model.hidden:  # statistics of their own, as after some training
+            layer.norm.running_mean.normal_()
+            layer.norm.running_var.uniform_(0.5, 2.0)
+        models.append(model)
+    scales = [np.full(4, 1.0, np.float32), np.array([1, 0, 2, 1], np.float32), None]
+    stack = StackedMLP(models, spec, [0.0] * 3, [1, 2, 3], scales).eval()
+    x = torch.randn(5000, 4)  # more rows than one chunk
+    with torch.inference_mode():
+        whole = stack(x)
+        assert eval_rows(stack.widest, x.device) < len(x)
+        one_by_one = stack_outputs(stack, x)
+    assert one_by_one.shape == whole.shape == (3, 5000, 3)
+    assert torch.allclose(one_by_one, whole, atol=1e-5)
+    assert not torch.allclose(one_by_one[0], one_by_one[1])  # members differ
+
+
+def test_evaluation_chunks_fit_the_cache_on_the_cpu_and_are_large_on_a_gpu():
+    cpu = torch.device("cpu")
+    assert eval_rows(64, cpu) == 2048  # 2,048 rows x 64 floats: 512 KB
+    assert eval_rows(4096, cpu) == 256  # never fewer
+    assert eval_rows(4, cpu) == EVAL_CHUNK  # never more
+    assert eval_rows(64, torch.device("cuda")) == EVAL_CHUNK
