@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hpsearch.data import Dataset
 from hpsearch.errors import DiskFull, InputError
@@ -25,9 +25,6 @@ from hpsearch.spec import Spec
 from hpsearch.storage import DatabaseUnreachable
 from hpsearch.study import quiet_optuna
 from hpsearch.workers import DATABASE_EXIT, DISK_FULL_EXIT, STOP_GRACE, WorkerTask, trial_loop
-
-if TYPE_CHECKING:
-    import torch
 
 ON_CHOICES = "local, ray, ray:auto, ray:HOST:PORT or ray://HOST:PORT"
 
@@ -42,7 +39,7 @@ class RayCluster:
     cpus: int
     gpus: int
 
-    def slots(self, device: torch.device | PlannedDevice) -> int:
+    def slots(self, device: PlannedDevice) -> int:
         """One worker per GPU for a CUDA spec, else one per CPU."""
         return max(1, self.gpus if device.type == "cuda" else self.cpus)
 
@@ -72,7 +69,7 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if host and port.isdigit() else None
 
 
-def connect(address: str, spec: Spec, device: torch.device | PlannedDevice) -> RayCluster:
+def connect(address: str, spec: Spec, device: PlannedDevice) -> RayCluster:
     """Connect this process to Ray (before any run folder exists, so a wrong address is an
     input error, not a half-written run) and check the cluster can run this spec."""
     if spec.search is None or spec.search.mode == "panda":
@@ -135,7 +132,7 @@ def _ray_worker(task: WorkerTask, data: Dataset) -> int:
 
 def run_ray_tasks(
     tasks: list[WorkerTask],
-    device: torch.device | PlannedDevice,
+    device: PlannedDevice,
     on_tick: Callable[[], None],
     poll: float = 0.25,
 ) -> list[int | None]:
