@@ -316,13 +316,15 @@ def trial_loop(
                     return True
                 if reviewed != values:
                     told.add(trial.number)  # skipped
-                    edit = replace_trial(study, trial, to_optuna_params(task.params, reviewed))
                     target += 1  # the skipped proposal does not count; its edit does
+                    with deferred_stop():  # study writes, as above
+                        edit = replace_trial(study, trial, to_optuna_params(task.params, reviewed))
+                        if edit is not None:
+                            asked.append(edit)
+                            mark_worker(edit, run.trial(edit.number).root)
+                            proposals = [(edit, suggest(edit, task.params, task.spec))]
                     if edit is None:
                         continue
-                    asked.append(edit)
-                    mark_worker(edit, run.trial(edit.number).root)
-                    proposals = [(edit, suggest(edit, task.params, task.spec))]
             with deferred_stop() as stop_requested:  # training's own stop is this one too
                 for group in shape_groups(task.spec, run, proposals):
                     if stop_requested():

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 
+import hpsearch.engine
 import hpsearch.workers
 from hpsearch.engine import Interrupted, RunOptions, run_spec
 from hpsearch.objective import save_checkpoint
@@ -124,3 +125,30 @@ def test_a_stop_during_the_study_writes_waits_for_their_end(tmp_path, monkeypatc
     assert trial.state.name == "FAIL"
     assert FOLDER_ATTR in trial.user_attrs  # the marks were written to their end
     assert not (run / "trials" / "0" / "metrics.jsonl").exists()  # and it never trained
+
+
+def test_a_stop_while_an_edited_proposal_is_written_waits_for_its_end(tmp_path, monkeypatch):
+    """panda --interactive: the edit replacing a proposal is written to its end before a stop
+    ends the pass (as any study write): the edit is recorded, interrupted, never trained."""
+    marks = []
+
+    def stopped_at_the_edit(trial: optuna.Trial, folder) -> None:
+        marks.append(trial.number)
+        trial.set_user_attr(PID_ATTR, os.getpid())
+        if len(marks) == 2:  # the edit's marks, after the proposal's
+            os.kill(os.getpid(), signal.SIGINT)
+        mark_worker(trial, folder)
+
+    monkeypatch.setattr(hpsearch.workers, "mark_worker", stopped_at_the_edit)
+    monkeypatch.setattr(
+        hpsearch.engine, "reviewer_for", lambda spec, progress: lambda n, v: {"train.lr": 0.02}
+    )
+    space = {"train.lr": {"low": 1e-3, "high": 1e-1, "log": True}}
+    spec = spec_file(tmp_path, {"trials": 2, "mode": "panda", "space": space})
+    with pytest.raises(Interrupted):
+        run_spec(spec, RunOptions(runs_dir=tmp_path / "runs"))
+    (run,) = (tmp_path / "runs").iterdir()
+    proposal, edit = study_trials(run)
+    assert edit.state.name == "FAIL" and edit.params == {"train.lr": 0.02}
+    assert FOLDER_ATTR in edit.user_attrs  # the edit's marks were written to their end
+    assert not (run / "trials" / "1" / "metrics.jsonl").exists()
