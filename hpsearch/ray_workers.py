@@ -69,6 +69,17 @@ def _host_port(address: str) -> tuple[str, int] | None:
     return (host, int(port)) if host and port.isdigit() else None
 
 
+def _auth_hint() -> str:
+    """Ray sends its token to a named address only when asked to: a cluster that wants one
+    refuses a client that has not set RAY_AUTH_MODE, and says so only in its own logs."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return (
+        " (if the cluster uses token authentication, set RAY_AUTH_MODE=token; Ray reads the "
+        "token from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+    )
+
+
 def connect(address: str, spec: Spec, device: PlannedDevice) -> RayCluster:
     """Connect this process to Ray (before any run folder exists, so a wrong address is an
     input error, not a half-written run) and check the cluster can run this spec."""
@@ -93,7 +104,7 @@ def connect(address: str, spec: Spec, device: PlannedDevice) -> RayCluster:
         ray.init(address=address or None, ignore_reinit_error=True, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise InputError(
-            f"--on: cannot connect to Ray at {address or 'RAY_ADDRESS'}: {exc}"
+            f"--on: cannot connect to Ray at {address or 'RAY_ADDRESS'}: {exc}{_auth_hint()}"
         ) from None
     resources = ray.cluster_resources()
     cluster = RayCluster(

@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ def free_port() -> int:
 class Head:
     address: str
     temp_dir: Path  # Ray's session folders: logs named by each worker process's pid
+    auth: dict[str, str]  # what a client needs in its environment to be let in
 
     def ran_in_worker(self, pid: int) -> bool:
         return any(self.temp_dir.glob(f"session_*/logs/python-core-worker-*_{pid}.log"))
@@ -50,6 +52,11 @@ def head(tmp_path_factory):
     port = free_port()
     scratch = tmp_path_factory.mktemp("ray")
     log = scratch / "head.log"
+    # Token authentication, said outright: a Ray that finds ~/.ray/auth_token (any earlier local
+    # ray.init() writes one) turns it on by itself, and then clients must ask for it
+    token = scratch / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     with log.open("w") as out:
         # --block: the head's processes live as long as this one, so the fixture ends them
         process = subprocess.Popen(
@@ -62,13 +69,14 @@ def head(tmp_path_factory):
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **auth},
         )  # fmt: skip
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 60
     while "Ray runtime started" not in log.read_text():
         assert process.poll() is None and time.time() < deadline, log.read_text()
         time.sleep(0.25)
-    yield Head(address, scratch / "tmp")
+    yield Head(address, scratch / "tmp", auth)
     os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(5)
@@ -117,7 +125,10 @@ def dev_errors(summary: dict) -> dict[int, float]:
 
 def test_ray_tasks_train_the_same_trials_as_local_workers(head, tmp_path):
     spec = spec_file(tmp_path, {**GRID_12, "workers": "auto"}, epochs=20)
-    run = hpsearch("run", spec, "--on", f"ray:{head.address}", "--runs-dir", "ray", cwd=tmp_path)
+    run = hpsearch(
+        "run", spec, "--on", f"ray:{head.address}", "--runs-dir", "ray", cwd=tmp_path,
+        env=environment(**head.auth),
+    )  # fmt: skip
     err = finished(run)
     # Ray names the head by the address it listens on, which may not be loopback's name
     port = head.address.rsplit(":", 1)[1]
@@ -139,7 +150,7 @@ def test_ray_tasks_share_a_database_study(head, database, tmp_path):
     spec = spec_file(tmp_path, {**GRID_12, "workers": "auto"}, epochs=20)
     run = hpsearch(
         "run", spec, "--on", f"ray:{head.address}", "--storage", database, "--study", "onray",
-        "--runs-dir", "runs", cwd=tmp_path,
+        "--runs-dir", "runs", cwd=tmp_path, env=environment(**head.auth),
     )  # fmt: skip
     finished(run)
     found = trials(database, "onray")
@@ -153,7 +164,7 @@ def test_ctrl_c_stops_ray_tasks_and_resume_continues_from_checkpoints(head, tmp_
     spec = spec_file(tmp_path, search, epochs=300)
     run = hpsearch(
         "run", spec, "--on", f"ray:{head.address}", "--runs-dir", "runs", cwd=tmp_path,
-        env=environment(HPSEARCH_CHECKPOINT_SECONDS="0.5"),
+        env=environment(HPSEARCH_CHECKPOINT_SECONDS="0.5", **head.auth),
     )  # fmt: skip
     deadline = time.time() + 120
     while not list((tmp_path / "runs").glob("*/trials/*/checkpoint.pt")):
@@ -171,7 +182,7 @@ def test_ctrl_c_stops_ray_tasks_and_resume_continues_from_checkpoints(head, tmp_
     (folder,) = (tmp_path / "runs").iterdir()
     resume = hpsearch(
         "run", spec, "--on", f"ray:{head.address}", "--resume", folder, "--runs-dir", "runs",
-        cwd=tmp_path,
+        cwd=tmp_path, env=environment(**head.auth),
     )  # fmt: skip
     finished(resume)
     summary = summary_of(tmp_path / "runs")
@@ -221,3 +232,17 @@ def test_without_ray_installed_the_error_says_how_to_install_it(tmp_path):
     (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
     env = {"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     refused(tmp_path, "--on", "ray", said="pip install 'hpsearch[ray]'", env=env)
+
+
+def test_a_client_without_the_clusters_token_mode_is_told_how_to_ask(head, tmp_path):
+    # the head wants a token; a client that has not set RAY_AUTH_MODE sends none
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    spec = spec_file(tmp_path, GRID_12, epochs=5)
+    done = subprocess.run(
+        [sys.executable, "-m", "hpsearch", "run", str(spec), "--on", f"ray:{head.address}",
+         "--runs-dir", "runs"],
+        cwd=tmp_path, capture_output=True, text=True, env=plain, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "set RAY_AUTH_MODE=token" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
