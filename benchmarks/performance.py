@@ -52,7 +52,9 @@ Figures (see the README's Performance section for the latest table):
                    not). hpsearch with strategy: tpe runs too, timed to the same line and
                    shown beside the baselines, to tell the strategy's part from the tool's
   scaling          caviar with 2 workers vs 1 worker (one thread each) on the same search,
-                   alternating, the median of 2 repetitions' ratios
+                   alternating, the median of 2 repetitions' ratios; beside each repetition
+                   the bare loop with half as many trainings in 2 processes vs 1 (one thread
+                   each), which says how far the machine itself scales at that moment
   stacked          K=16 same-shape trials trained stacked vs one at a time (1 thread), the
                    median of 5 alternating repetitions; also the share of the stacked time
                    spent evaluating every train and dev row after each epoch (the same work
@@ -73,6 +75,7 @@ import dataclasses
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import resource
@@ -707,14 +710,45 @@ def show_seconds(seconds: float) -> str:
     return "never" if math.isinf(seconds) else f"{seconds:.1f} s"
 
 
+def bare_scaling_child(trainings: int, sizes: Sizes, start: Any) -> None:
+    """One process of the bare-loop reference: its share of the trainings, one thread."""
+    torch.set_num_threads(1)
+    spec = spec_from_dict(base_spec(sizes.rows, epochs=sizes.scaling_epochs))
+    start.wait()
+    bare_loop(spec, trainings)
+
+
+def bare_scaling_seconds(processes: int, trainings: int, sizes: Sizes) -> float:
+    """Wall-clock of `trainings` bare-loop trainings split over `processes` processes, from
+    the moment all of them have imported what they need to the last one's exit."""
+    context = multiprocessing.get_context("spawn")  # no torch state inherited from this one
+    start = context.Barrier(processes + 1)
+    children = [
+        context.Process(target=bare_scaling_child, args=(trainings // processes, sizes, start))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    start.wait()
+    began = time.perf_counter()
+    for child in children:
+        child.join()
+    return time.perf_counter() - began
+
+
 def fig_scaling(folder: Path, sizes: Sizes) -> list[Row]:
     """The same search with 1 worker and with 2, alternating; the median of the repetitions'
     ratios. Workers start from the fork server a run starts with its command line (here,
-    before the first repetition), as `hpsearch run` has it ready by its first trial."""
+    before the first repetition), as `hpsearch run` has it ready by its first trial. Beside
+    each repetition, a bare loop in 1 process and in 2 tells what the machine allows then."""
     torch.set_num_threads(1)  # the one-worker run trains in this process
     prestart()
     times: dict[int, list[float]] = {1: [], 2: []}
+    bare: dict[int, list[float]] = {1: [], 2: []}
+    bare_trainings = max(2, sizes.scaling_trials // 2)
     for repetition in range(sizes.scaling_repeats):
+        for processes in (1, 2) if repetition % 2 == 0 else (2, 1):
+            bare[processes].append(bare_scaling_seconds(processes, bare_trainings, sizes))
         for workers in (1, 2) if repetition % 2 == 0 else (2, 1):
             search = {
                 "strategy": "random",
@@ -727,12 +761,14 @@ def fig_scaling(folder: Path, sizes: Sizes) -> list[Row]:
             seconds, _ = search_run(folder, raw)
             times[workers].append(seconds)
     ratio = statistics.median(a / b for a, b in zip(times[1], times[2], strict=True))
+    bare_ratio = statistics.median(a / b for a, b in zip(bare[1], bare[2], strict=True))
     repeats = f"median of {sizes.scaling_repeats}"
     return [
         row(
             f"scaling (2 workers vs 1, {repeats})",
             f"{statistics.median(times[2]):.1f} s",
-            f"{statistics.median(times[1]):.1f} s",
+            f"{statistics.median(times[1]):.1f} s; a bare loop in 2 processes vs 1, "
+            f"side by side: {bare_ratio:.2f}x",
             ratio,
             ">= 1.8x",
             ratio >= 1.8,
