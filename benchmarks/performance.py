@@ -3,7 +3,7 @@
     python benchmarks/performance.py [--only FIGURE ...] [--rows 20000] [--repeats 3]
         [--quick] [--json FILE]
 
-The full run takes about 22 minutes on 2 cores (time-to-quality about 14 of them, the other
+The full run takes about 24 minutes on 2 cores (time-to-quality about 14 of them, the other
 figures a few each, as each prints); `--quick` runs every
 figure at tiny sizes (a few trials of 1-3 epochs, one repetition) to check the script, in a
 few minutes.
@@ -720,7 +720,8 @@ def bare_scaling_child(trainings: int, sizes: Sizes, start: Any) -> None:
 
 def bare_scaling_seconds(processes: int, trainings: int, sizes: Sizes) -> float:
     """Wall-clock of `trainings` bare-loop trainings split over `processes` processes, from
-    the moment all of them have imported what they need to the last one's exit."""
+    the moment all of them have imported what they need (each then loads its data, as a
+    script would) to the last one's exit."""
     context = multiprocessing.get_context("spawn")  # no torch state inherited from this one
     start = context.Barrier(processes + 1)
     children = [
